@@ -1,0 +1,263 @@
+"""The PGD distiller: a one-stage student trained beside a frozen teacher.
+
+The distiller *is* the student (a SingleStageDetector subclass), so its state
+dict, checkpoints and ``predict`` are exactly a plain detector's. The teacher is
+held outside the module tree: it never appears in ``parameters()`` (so never in
+the optimizer) nor in ``state_dict()`` (so never in the student's checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import pgd_core.compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
+from mmdet.models.detectors import SingleStageDetector
+from mmdet.registry import MODELS
+from mmengine.runner.checkpoint import load_checkpoint
+from torch import Tensor, nn
+
+from pgd_core.decode import DensePredictions, decode_dense
+from pgd_core.losses import pgd_cls_loss, pgd_reg_loss
+from pgd_core.regions import background_mask, box_foreground_mask, prediction_guided_weights
+
+LEVEL_NAMES = ("p3", "p4", "p5", "p6", "p7")
+KD_METHODS = ("pgd", "pgd_no_gaussian", "pgd_cls_only", "fgd_box")
+
+
+class PairingError(ValueError):
+    """Teacher and student cannot be distilled into one another."""
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """Keyword-only PGD settings (see DistillSpec for their meaning)."""
+
+    method: str = "pgd"
+    temp: float = 0.8
+    alpha: float = 0.04
+    beta: float = 0.02
+    gamma: float = 0.064
+    delta: float = 8e-4
+    level_weights: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0)
+    topk: int = 30
+    cls_quality_alpha: float = 0.8
+    reg_quality_alpha: float = 0.6
+    low_bound: float = 0.0
+    tower_layer: int = 0
+    init_student: bool = True
+    adapter: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in KD_METHODS:
+            raise ValueError(f"distill method '{self.method}' is not one of {KD_METHODS} "
+                             "(use no teacher for 'none')")
+
+
+class TowerRecorder:
+    """Forward hooks that keep one tower layer's output per FPN level while recording.
+
+    The head is shared across levels, so each hook fires once per level, P3 first.
+    """
+
+    def __init__(self, head: nn.Module, layer: int) -> None:
+        self.cls: list[Tensor] = []
+        self.reg: list[Tensor] = []
+        self._active = False
+        head.cls_convs[layer].register_forward_hook(self._keep(self.cls))
+        head.reg_convs[layer].register_forward_hook(self._keep(self.reg))
+
+    def _keep(self, store: list[Tensor]):
+        def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
+            if self._active:
+                store.append(output)
+        return hook
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[TowerRecorder]:
+        self.cls.clear()
+        self.reg.clear()
+        self._active = True
+        try:
+            yield self
+        finally:
+            self._active = False
+
+
+@MODELS.register_module()
+class PGDDistiller(SingleStageDetector):
+    """A one-stage student distilled from a frozen teacher of the same family.
+
+    Args:
+        backbone, neck, bbox_head, train_cfg, test_cfg, data_preprocessor, init_cfg:
+            the student, as for any mmdet SingleStageDetector.
+        teacher: the teacher's detector config, or None to train the student alone.
+        teacher_checkpoint: file loaded into the teacher by ``init_weights``.
+        distill: keyword arguments of :class:`DistillSettings`.
+    """
+
+    def __init__(self, *, backbone: dict, neck: dict, bbox_head: dict,
+                 train_cfg: dict | None = None, test_cfg: dict | None = None,
+                 data_preprocessor: dict | None = None, init_cfg: dict | None = None,
+                 teacher: dict | None = None, teacher_checkpoint: str | None = None,
+                 distill: dict | None = None) -> None:
+        super().__init__(backbone=backbone, neck=neck, bbox_head=bbox_head,
+                         train_cfg=train_cfg, test_cfg=test_cfg,
+                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.settings = DistillSettings(**(distill or {}))
+        self.teacher_checkpoint = teacher_checkpoint
+        # Outside the module tree on purpose (see the module docstring).
+        object.__setattr__(self, "teacher", None)
+        self.adapters: nn.ModuleDict | None = None
+        if teacher is None:
+            return
+        if teacher.get("data_preprocessor") not in (None, data_preprocessor):
+            raise PairingError("teacher.data_preprocessor must equal the student's: the "
+                               "teacher reads the student's normalised input")
+        built = MODELS.build({k: v for k, v in teacher.items() if k != "data_preprocessor"})
+        built.requires_grad_(False)
+        built.eval()
+        object.__setattr__(self, "teacher", built)
+        self._check_pairing(built)
+        self.adapters = self._build_adapters(built)
+        layer = self.settings.tower_layer
+        self._student_towers = TowerRecorder(self.bbox_head, layer)
+        self._teacher_towers = TowerRecorder(built.bbox_head, layer)
+
+    # -- construction -----------------------------------------------------------------
+    def _check_pairing(self, teacher: nn.Module) -> None:
+        s_head, t_head = self.bbox_head, teacher.bbox_head
+        checks = [
+            ("detector family", type(s_head).__name__, type(t_head).__name__),
+            ("num_classes", s_head.num_classes, t_head.num_classes),
+            ("strides", _strides(s_head), _strides(t_head)),
+            ("priors per location", s_head.prior_generator.num_base_priors,
+             t_head.prior_generator.num_base_priors),
+        ]
+        if not self.settings.adapter:
+            checks.append(("head channels (set adapter=True to bridge them)",
+                           s_head.feat_channels, t_head.feat_channels))
+        for what, student, teacher_value in checks:
+            if student != teacher_value:
+                raise PairingError(f"cannot distil: student {what} is {student}, "
+                                   f"teacher {what} is {teacher_value}")
+        layer = self.settings.tower_layer
+        for who, head in (("student", s_head), ("teacher", t_head)):
+            if layer >= len(head.cls_convs):
+                raise PairingError(f"tower_layer {layer} is outside the {who}'s "
+                                   f"{len(head.cls_convs)}-layer towers")
+        if self.settings.init_student:
+            for part in ("neck", "bbox_head"):
+                _check_same_shapes(part, getattr(self, part), getattr(teacher, part))
+
+    def _build_adapters(self, teacher: nn.Module) -> nn.ModuleDict | None:
+        s_ch, t_ch = self.bbox_head.feat_channels, teacher.bbox_head.feat_channels
+        if not self.settings.adapter:
+            return None
+        return nn.ModuleDict({b: nn.Conv2d(s_ch, t_ch, kernel_size=1) for b in ("cls", "reg")})
+
+    def init_weights(self) -> None:
+        """Initialise the student, load the teacher, then copy neck and head (in that order:
+        the runner's init would otherwise overwrite the copy)."""
+        super().init_weights()
+        if self.teacher is None:
+            return
+        self.teacher.init_weights()
+        if self.teacher_checkpoint:
+            load_checkpoint(self.teacher, self.teacher_checkpoint, map_location="cpu",
+                            strict=False, revise_keys=[(r"^module\.", "")])
+        self.teacher.eval()
+        if self.settings.init_student:
+            self.neck.load_state_dict(self.teacher.neck.state_dict())
+            self.bbox_head.load_state_dict(self.teacher.bbox_head.state_dict())
+
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001 - torch's signature
+        # .to()/.cuda()/.half() must move the unregistered teacher too.
+        super()._apply(fn, *args, **kwargs)
+        if self.teacher is not None:
+            self.teacher._apply(fn, *args, **kwargs)
+        return self
+
+    # -- training ---------------------------------------------------------------------
+    def loss(self, batch_inputs: Tensor, batch_data_samples: list) -> dict[str, Any]:
+        """The student's own losses plus the KD terms of every level."""
+        if self.teacher is None:
+            return super().loss(batch_inputs, batch_data_samples)
+        with self._student_towers.recording():
+            losses = super().loss(batch_inputs, batch_data_samples)
+        with torch.no_grad(), self._teacher_towers.recording():
+            cls_scores, bbox_preds = self.teacher.bbox_head(
+                self.teacher.extract_feat(batch_inputs))[:2]
+            preds = decode_dense(self.teacher.bbox_head, cls_scores, bbox_preds,
+                                 [s.metainfo["img_shape"][:2] for s in batch_data_samples])
+            maps = self.region_maps(preds, batch_data_samples)
+        losses.update(self._kd_losses(maps))
+        return losses
+
+    def region_maps(self, preds: DensePredictions,
+                    batch_data_samples: list) -> dict[str, list[Tensor]]:
+        """Cls, reg and background maps per level: {'cls'|'reg'|'bg': [Tensor[B, H, W]]}."""
+        s = self.settings
+        per_image: dict[str, list[Tensor]] = {"cls": [], "reg": [], "bg": []}
+        for i, sample in enumerate(batch_data_samples):
+            gt = sample.gt_instances
+            gt_boxes, gt_labels = gt.bboxes.float(), gt.labels.long()
+            if hasattr(gt_boxes, "tensor"):  # mmdet box structures
+                gt_boxes = gt_boxes.tensor
+            per_image["bg"].append(background_mask(preds.centers, gt_boxes))
+            if s.method == "fgd_box":
+                inside = box_foreground_mask(preds.centers, gt_boxes)
+                per_image["cls"].append(inside)
+                per_image["reg"].append(inside)
+                continue
+            for branch, quality_alpha in (("cls", s.cls_quality_alpha),
+                                          ("reg", s.reg_quality_alpha)):
+                per_image[branch].append(prediction_guided_weights(
+                    preds.centers, preds.cls_logits[i], preds.boxes[i], gt_boxes, gt_labels,
+                    alpha=quality_alpha, topk=s.topk, low_bound=s.low_bound,
+                    gaussian=s.method != "pgd_no_gaussian"))
+        return {k: preds.split_levels(torch.stack(v)) for k, v in per_image.items()}
+
+    def _kd_losses(self, maps: dict[str, list[Tensor]]) -> dict[str, Tensor]:
+        s = self.settings
+        student, teacher = self._student_towers, self._teacher_towers
+        levels = len(maps["cls"])
+        for who, rec in (("student", student), ("teacher", teacher)):
+            if len(rec.cls) != levels or len(rec.reg) != levels:
+                raise RuntimeError(f"expected {levels} {who} tower outputs per branch, "
+                                   f"recorded {len(rec.cls)} cls and {len(rec.reg)} reg")
+        losses: dict[str, Tensor] = {}
+        for lvl in range(levels):
+            name = LEVEL_NAMES[lvl] if lvl < len(LEVEL_NAMES) else f"l{lvl}"
+            s_cls, s_reg = student.cls[lvl], student.reg[lvl]
+            if self.adapters is not None:
+                s_cls, s_reg = self.adapters["cls"](s_cls), self.adapters["reg"](s_reg)
+            losses[f"loss_pgd_cls_{name}"] = pgd_cls_loss(
+                s_cls, teacher.cls[lvl], maps["cls"][lvl].to(s_cls.dtype),
+                maps["bg"][lvl].to(s_cls.dtype), temp_s=s.temp, temp_c=s.temp,
+                alpha=s.alpha, beta=s.beta, delta=s.delta, loss_weight=s.level_weights[lvl])
+            if s.method != "pgd_cls_only":
+                losses[f"loss_pgd_reg_{name}"] = pgd_reg_loss(
+                    s_reg, teacher.reg[lvl], maps["reg"][lvl].to(s_reg.dtype), temp=s.temp,
+                    gamma=s.gamma, delta=s.delta)
+        return losses
+
+
+def _strides(head: nn.Module) -> list[int]:
+    return [int(s[0]) if isinstance(s, (tuple, list)) else int(s)
+            for s in head.prior_generator.strides]
+
+
+def _check_same_shapes(part: str, student: nn.Module, teacher: nn.Module) -> None:
+    s_state, t_state = student.state_dict(), teacher.state_dict()
+    for key in sorted(set(s_state) | set(t_state)):
+        s_shape = tuple(s_state[key].shape) if key in s_state else None
+        t_shape = tuple(t_state[key].shape) if key in t_state else None
+        if s_shape != t_shape:
+            raise PairingError(f"init_student needs the teacher's {part} shape: {part}.{key} "
+                               f"is {s_shape} in the student and {t_shape} in the teacher "
+                               "(set init_student=False)")

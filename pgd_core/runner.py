@@ -1,0 +1,212 @@
+"""Run a spec in a work directory on mmengine's Runner, reporting through callbacks.
+
+This is the entry point the worker plugs into; it is equally usable from a
+script or a notebook::
+
+    result = run_spec(get_preset("tiny-fcos-student"), "work/fcos", data_root="data")
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.runner import Runner
+
+import pgd_core.compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
+import pgd_core.distiller  # noqa: F401  (registers PGDDistiller)
+from pgd_core.config import runner_cfg
+from pgd_core.datasets import load_dataset_info
+from pgd_core.spec import RunSpec
+
+#: mmdet's metric names to the short names the project reports (percent).
+_COCO_KEYS = {"bbox_mAP": "AP", "bbox_mAP_50": "AP50", "bbox_mAP_75": "AP75",
+              "bbox_mAP_s": "APs", "bbox_mAP_m": "APm", "bbox_mAP_l": "APl"}
+_CROWDHUMAN_KEYS = {"mAP": "AP", "mMR": "MR", "JI": "JI"}
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+    def __init__(self, iteration: int, name: str, value: float) -> None:
+        super().__init__(f"training diverged at iteration {iteration}: {name} = {value}")
+        self.iteration, self.name, self.value = iteration, name, value
+
+
+@dataclass
+class RunCallbacks:
+    """Hooks for whoever drives a run (all optional, called in the training process).
+
+    Attributes:
+        on_progress: ``(iteration, max_iters)`` after each training iteration.
+        on_metrics: ``(iteration, {name: value})`` training losses and lr every
+            ``metrics_interval`` iterations, and ``val/...`` metrics after each evaluation.
+        should_stop: polled after each iteration; True saves a checkpoint and stops.
+        metrics_interval: iterations between two training-metric reports.
+    """
+
+    on_progress: Callable[[int, int], None] | None = None
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    metrics_interval: int = 1
+
+
+@dataclass
+class RunResult:
+    status: Literal["completed", "stopped"]
+    iteration: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    work_dir: Path | None = None
+
+
+class CallbackHook(Hook):
+    """Bridges mmengine's hook points to :class:`RunCallbacks`.
+
+    Runs before the checkpoint hook (NORMAL < VERY_LOW) so a diverged iteration
+    raises before its weights can be saved.
+    """
+
+    priority = "NORMAL"
+
+    def __init__(self, callbacks: RunCallbacks) -> None:
+        self.callbacks = callbacks
+        self.stopped = False
+        self.val_metrics: dict[str, float] = {}
+
+    def after_train_iter(self, runner: Runner, batch_idx: int, data_batch: Any = None,
+                         outputs: dict | None = None) -> None:
+        it = runner.iter + 1
+        values = {k: float(v) for k, v in (outputs or {}).items()}
+        for name, value in values.items():
+            if not math.isfinite(value):
+                raise TrainingDiverged(it, name, value)
+        cb = self.callbacks
+        if cb.on_metrics and (it % cb.metrics_interval == 0 or it == runner.max_iters):
+            values["lr"] = float(runner.optim_wrapper.get_lr()["lr"][0])
+            cb.on_metrics(it, values)
+        if cb.on_progress:
+            cb.on_progress(it, runner.max_iters)
+        if cb.should_stop and it < runner.max_iters and cb.should_stop():
+            save_and_mark_last(runner)
+            runner.train_loop.stop_training = True
+            self.stopped = True
+
+    def after_val_epoch(self, runner: Runner, metrics: dict[str, float] | None = None) -> None:
+        self.val_metrics = normalise_metrics(metrics or {})
+        if self.callbacks.on_metrics and self.val_metrics:
+            self.callbacks.on_metrics(runner.iter, {f"val/{k}": v
+                                                    for k, v in self.val_metrics.items()})
+
+
+def save_and_mark_last(runner: Runner) -> Path:
+    """Save the current iteration's checkpoint and point ``last_checkpoint`` at it."""
+    name = f"iter_{runner.iter + 1}.pth"
+    runner.save_checkpoint(runner.work_dir, name, save_optimizer=True,
+                           save_param_scheduler=True)
+    path = Path(runner.work_dir) / name
+    (Path(runner.work_dir) / "last_checkpoint").write_text(str(path))
+    return path
+
+
+def normalise_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """mmdet metric dict to {AP, AP50, ...} (COCO) or {MR, AP, JI} (CrowdHuman), percent."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        short = key.split("/", 1)[-1]
+        if short in _COCO_KEYS:
+            out[_COCO_KEYS[short]] = round(100.0 * float(value), 4)
+        elif short in _CROWDHUMAN_KEYS:
+            out[_CROWDHUMAN_KEYS[short]] = round(100.0 * float(value), 4)
+    return out
+
+
+def last_checkpoint(work_dir: Path) -> Path | None:
+    marker = Path(work_dir) / "last_checkpoint"
+    if not marker.is_file():
+        return None
+    path = Path(marker.read_text().strip())
+    return path if path.is_file() else None
+
+
+def _resolve_weights(weights_root: str | os.PathLike | None, name: str | None) -> str | None:
+    if name is None:
+        return None
+    if weights_root is None:
+        raise FileNotFoundError(f"backbone weights '{name}' were asked for but no weights "
+                                "root is configured")
+    path = Path(weights_root) / f"{name}.pth"
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights '{name}' not found: {path} does not exist")
+    return str(path)
+
+
+def build_runner(spec: RunSpec, work_dir: str | os.PathLike, *, data_root: str | os.PathLike,
+                 weights_root: str | os.PathLike | None = None,
+                 teacher_checkpoint: str | os.PathLike | None = None,
+                 checkpoint: str | os.PathLike | None = None, resume: bool = True) -> Runner:
+    """An mmengine Runner for ``spec`` (files are checked before anything is built)."""
+    info = load_dataset_info(data_root, spec.dataset.name)
+    for what, path in (("teacher checkpoint", teacher_checkpoint), ("checkpoint", checkpoint)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{what} not found: {path}")
+    if spec.uses_teacher and teacher_checkpoint is None:
+        raise ValueError("a distill run needs the teacher's checkpoint")
+    if spec.kind == "evaluate" and checkpoint is None:
+        raise ValueError("an evaluate run needs the checkpoint to evaluate")
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = runner_cfg(spec, info, work,
+                     pretrained=_resolve_weights(weights_root, spec.student.pretrained),
+                     teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
+                     checkpoint=str(checkpoint) if checkpoint else None,
+                     resume=resume and last_checkpoint(work) is not None)
+    # A unique name: mmengine keys its logger and visualizer singletons by it.
+    cfg["experiment_name"] = f"{spec.kind}-{spec.detector}-{time.time_ns()}"
+    return Runner.from_cfg(Config(cfg))
+
+
+def run_spec(spec: RunSpec, work_dir: str | os.PathLike, *, data_root: str | os.PathLike,
+             weights_root: str | os.PathLike | None = None,
+             teacher_checkpoint: str | os.PathLike | None = None,
+             checkpoint: str | os.PathLike | None = None, resume: bool = True,
+             callbacks: RunCallbacks | None = None) -> RunResult:
+    """Train, distil or evaluate ``spec`` in ``work_dir``; evaluation closes every training.
+
+    Args:
+        spec: the run.
+        work_dir: its own directory; a second call resumes from its last checkpoint.
+        data_root: folder of the named datasets.
+        weights_root: folder of named backbone checkpoints (``<name>.pth``).
+        teacher_checkpoint: the teacher's weights (distill runs).
+        checkpoint: the weights to evaluate (evaluate runs).
+        resume: continue from ``work_dir``'s last checkpoint when there is one.
+        callbacks: progress, metrics and stop hooks.
+
+    Raises:
+        TrainingDiverged: a loss became NaN or infinite.
+        FileNotFoundError, DatasetError, ValueError: missing or bad inputs.
+    """
+    callbacks = callbacks or RunCallbacks()
+    runner = build_runner(spec, work_dir, data_root=data_root, weights_root=weights_root,
+                          teacher_checkpoint=teacher_checkpoint, checkpoint=checkpoint,
+                          resume=resume)
+    hook = CallbackHook(callbacks)
+    runner.register_hook(hook)
+    if spec.kind == "evaluate":
+        metrics = normalise_metrics(runner.test())
+        if callbacks.on_metrics and metrics:
+            callbacks.on_metrics(0, {f"val/{k}": v for k, v in metrics.items()})
+        return RunResult("completed", 0, metrics, Path(checkpoint) if checkpoint else None,
+                         Path(work_dir))
+    runner.train()
+    status: Literal["completed", "stopped"] = "stopped" if hook.stopped else "completed"
+    return RunResult(status, runner.iter, hook.val_metrics, last_checkpoint(Path(work_dir)),
+                     Path(work_dir))

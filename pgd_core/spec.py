@@ -1,0 +1,208 @@
+"""Typed specification of a run: what to train, distil or evaluate, and how.
+
+This module imports neither torch nor mmdet: the API validates job requests
+with it. The spec is turned into an mmengine config in code
+(:mod:`pgd_core.config`); no user-supplied Python is ever executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+Detector = Literal["fcos", "atss", "gfl", "autoassign", "ddod"]
+Kind = Literal["train", "distill", "evaluate"]
+#: ``pgd``: the paper. ``pgd_no_gaussian``: uniform weights on the top-K (ablation).
+#: ``pgd_cls_only``: classification branch only (ablation). ``fgd_box``: every
+#: location inside a GT box weighted 1. ``none``: the student alone, same code path.
+Method = Literal["pgd", "pgd_no_gaussian", "pgd_cls_only", "fgd_box", "none"]
+
+DETECTORS: tuple[str, ...] = ("fcos", "atss", "gfl", "autoassign", "ddod")
+METHODS: tuple[str, ...] = ("pgd", "pgd_no_gaussian", "pgd_cls_only", "fgd_box", "none")
+#: The FPN levels every supported head predicts on (P3..P7).
+STRIDES: tuple[int, ...] = (8, 16, 32, 64, 128)
+PAPER_LEVEL_WEIGHTS: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0)
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Frozen):
+    """One detector's architecture: a ResNet-FPN backbone and a dense head."""
+
+    depth: Literal[18, 34, 50, 101] = 50
+    base_channels: int = Field(64, ge=4, le=128, description="ResNet stem width")
+    neck_channels: PositiveInt = 256
+    head_channels: PositiveInt = Field(256, description="feat_channels of the head towers")
+    stacked_convs: int = Field(4, ge=1, le=8)
+    use_dcn: bool = Field(True, description="DDOD only: deformable first tower conv")
+    pretrained: str | None = Field(
+        None, pattern=_NAME_PATTERN,
+        description="name of an ImageNet backbone checkpoint under the weights root")
+    num_classes: PositiveInt | None = Field(
+        None, description="defaults to the dataset's class count")
+
+
+class DataSpec(_Frozen):
+    """A named dataset (registered under the data root) and its image sizes."""
+
+    name: str = Field(..., pattern=_NAME_PATTERN)
+    train_split: str = Field("train", pattern=_NAME_PATTERN)
+    val_split: str = Field("val", pattern=_NAME_PATTERN)
+    img_scale: tuple[PositiveInt, PositiveInt] = Field((1333, 800), description="(long, short)")
+    multiscale_short: tuple[PositiveInt, ...] | None = Field(
+        None, description="short sides sampled at training time (multi-scale training)")
+
+
+class ScheduleSpec(_Frozen):
+    """SGD schedule counted in iterations (a COCO 1x is 90k at 16 images/iter)."""
+
+    max_iters: PositiveInt = 90_000
+    batch_size: PositiveInt = 16
+    lr: PositiveFloat = 0.02
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    warmup_iters: int = Field(500, ge=0)
+    milestones: tuple[PositiveInt, ...] = (60_000, 80_000)
+    grad_clip: PositiveFloat | None = 35.0
+    val_interval: PositiveInt | None = Field(None, description="None: evaluate at the end only")
+    checkpoint_interval: PositiveInt = 5_000
+    log_interval: PositiveInt = 50
+    num_workers: int = Field(2, ge=0, le=32)
+
+    @model_validator(mode="after")
+    def _milestones_inside(self) -> ScheduleSpec:
+        if list(self.milestones) != sorted(set(self.milestones)):
+            raise ValueError("schedule.milestones must be strictly increasing")
+        if self.milestones and self.milestones[-1] > self.max_iters:
+            raise ValueError(f"schedule.milestones end at {self.milestones[-1]}, "
+                             f"after schedule.max_iters = {self.max_iters}")
+        return self
+
+
+class DistillSpec(_Frozen):
+    """PGD hyper-parameters (section 4 of the algorithm page)."""
+
+    temp: PositiveFloat = 0.8
+    alpha: PositiveFloat = 0.04
+    beta: PositiveFloat | None = Field(None, description="None: alpha / 2")
+    gamma: PositiveFloat | None = Field(None, description="None: 1.6 * alpha")
+    delta: PositiveFloat = 8e-4
+    level_weights: tuple[PositiveFloat, ...] = PAPER_LEVEL_WEIGHTS
+    topk: PositiveInt = 30
+    cls_quality_alpha: float = Field(0.8, ge=0.0, le=1.0)
+    reg_quality_alpha: float = Field(0.6, ge=0.0, le=1.0)
+    low_bound: float = Field(0.0, ge=0.0, lt=1.0)
+    tower_layer: int = Field(0, ge=0)
+    init_student: bool = True
+    adapter: bool = Field(False, description="1x1 conv on the student when head widths differ")
+
+    @property
+    def resolved_beta(self) -> float:
+        return self.alpha / 2 if self.beta is None else self.beta
+
+    @property
+    def resolved_gamma(self) -> float:
+        return 1.6 * self.alpha if self.gamma is None else self.gamma
+
+    @model_validator(mode="after")
+    def _one_weight_per_level(self) -> DistillSpec:
+        if len(self.level_weights) != len(STRIDES):
+            raise ValueError(f"distill.level_weights needs {len(STRIDES)} values (P3..P7), "
+                             f"got {len(self.level_weights)}")
+        return self
+
+
+class RunSpec(_Frozen):
+    """Everything that defines a run; its hash identifies it."""
+
+    kind: Kind
+    detector: Detector
+    dataset: DataSpec
+    student: ModelSpec = ModelSpec()
+    teacher: ModelSpec | None = None
+    teacher_ref: str | None = Field(
+        None, pattern=_NAME_PATTERN,
+        description="finished job id or registered checkpoint name of the teacher")
+    checkpoint_ref: str | None = Field(
+        None, pattern=_NAME_PATTERN, description="evaluate: the checkpoint to evaluate")
+    method: Method = "none"
+    distill: DistillSpec | None = None
+    schedule: ScheduleSpec = ScheduleSpec()
+    seed: int = Field(0, ge=0, lt=2**31)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunSpec:
+        for problem in _problems(self):
+            raise ValueError(problem)
+        return self
+
+    def spec_hash(self) -> str:
+        """SHA-256 of the canonical JSON form (defaults filled in)."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.kind == "distill" and self.method != "none"
+
+
+def _problems(spec: RunSpec) -> list[str]:
+    """Impossible combinations, each message naming the field at fault."""
+    problems: list[str] = []
+    if spec.kind != "distill":
+        if spec.method != "none":
+            problems.append(f"method: '{spec.method}' needs kind 'distill', not '{spec.kind}'")
+        if spec.teacher is not None or spec.teacher_ref is not None:
+            problems.append(f"teacher: a '{spec.kind}' run has no teacher")
+    if spec.kind == "evaluate" and spec.checkpoint_ref is None:
+        problems.append("checkpoint_ref: an 'evaluate' run needs the checkpoint to evaluate")
+    if spec.kind != "evaluate" and spec.checkpoint_ref is not None:
+        problems.append(f"checkpoint_ref: only 'evaluate' runs take one, not '{spec.kind}'")
+    if spec.uses_teacher:
+        if spec.teacher is None:
+            problems.append(f"teacher: method '{spec.method}' needs a teacher architecture")
+        if spec.distill is None:
+            problems.append(f"distill: method '{spec.method}' needs distillation settings")
+    if spec.uses_teacher and spec.teacher is not None and spec.distill is not None:
+        problems.extend(_pairing_problems(spec.detector, spec.student, spec.teacher, spec.distill))
+    return problems
+
+
+def _pairing_problems(detector: str, student: ModelSpec, teacher: ModelSpec,
+                      distill: DistillSpec) -> list[str]:
+    problems = []
+    if student.head_channels != teacher.head_channels and not distill.adapter:
+        problems.append(
+            f"student.head_channels: {student.head_channels} differs from teacher.head_channels "
+            f"{teacher.head_channels}; set distill.adapter to true to distil through a 1x1 conv")
+    if (student.num_classes is not None and teacher.num_classes is not None
+            and student.num_classes != teacher.num_classes):
+        problems.append(f"student.num_classes: {student.num_classes} differs from "
+                        f"teacher.num_classes {teacher.num_classes}")
+    layers = min(student.stacked_convs, teacher.stacked_convs)
+    if distill.tower_layer >= layers:
+        problems.append(f"distill.tower_layer: {distill.tower_layer} is outside the towers "
+                        f"(student {student.stacked_convs}, teacher {teacher.stacked_convs} convs)")
+    if distill.init_student and (backbone_out_channels(student) != backbone_out_channels(teacher)
+                                 or student.neck_channels != teacher.neck_channels
+                                 or student.head_channels != teacher.head_channels
+                                 or student.stacked_convs != teacher.stacked_convs
+                                 or student.use_dcn != teacher.use_dcn and detector == "ddod"):
+        problems.append("distill.init_student: the student's neck and head must have the "
+                        "teacher's shape to start from its weights (backbone outputs "
+                        f"{backbone_out_channels(student)} vs {backbone_out_channels(teacher)}, "
+                        "neck_channels, head_channels, stacked_convs, use_dcn); "
+                        "set it to false")
+    return problems
+
+
+def backbone_out_channels(model: ModelSpec) -> tuple[int, ...]:
+    """Channels of ResNet stages C2..C5 (BasicBlock for 18/34, Bottleneck x4 for 50/101)."""
+    expansion = 1 if model.depth in (18, 34) else 4
+    return tuple(model.base_channels * expansion * 2**i for i in range(4))

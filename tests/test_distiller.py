@@ -1,0 +1,182 @@
+"""The distiller on all five detector families, on the CPU, with synthetic batches."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from helpers import build_distiller, synthetic_batch, tiny_spec
+from mmdet.registry import MODELS
+from mmengine.optim import OptimWrapper
+
+from pgd_core.config import model_cfg
+from pgd_core.distiller import LEVEL_NAMES, PairingError
+
+ITERATIONS = 3
+
+
+def _train(model, iterations: int = ITERATIONS, seed: int = 0) -> list[dict]:
+    model.train()
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9),
+                         clip_grad=dict(max_norm=35))
+    logs = []
+    for it in range(iterations):
+        logs.append(model.train_step(synthetic_batch(seed=seed + it), optim))
+    return logs
+
+
+def _state(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_distillation_trains_every_family(detector: str) -> None:
+    model = build_distiller(detector)
+    teacher_before = _state(model.teacher)
+    logs = _train(model)
+    for log in logs:
+        for name, value in log.items():
+            assert torch.isfinite(torch.as_tensor(value)), (name, value)
+        for level in LEVEL_NAMES:
+            assert f"loss_pgd_cls_{level}" in log
+            assert f"loss_pgd_reg_{level}" in log
+        assert float(log["loss"]) > 0
+    # The teacher is frozen: bit-identical weights and BN statistics, still in eval mode.
+    teacher_after = model.teacher.state_dict()
+    assert teacher_before.keys() == teacher_after.keys()
+    for key, before in teacher_before.items():
+        assert torch.equal(before, teacher_after[key]), key
+    assert not model.teacher.training
+
+
+def test_kd_terms_are_active(detector: str) -> None:
+    # With a random teacher the KD terms must still be non-zero and give gradients.
+    model = build_distiller(detector, init_student=False)
+    model.train()
+    batch = model.data_preprocessor(synthetic_batch(), True)
+    losses = model.loss(batch["inputs"], batch["data_samples"])
+    kd = sum(v for k, v in losses.items() if k.startswith("loss_pgd_"))
+    assert float(kd) > 0
+    kd.backward()
+    grads = [p.grad for p in model.bbox_head.cls_convs[0].parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def test_teacher_is_outside_optimizer_and_checkpoint(detector: str) -> None:
+    model = build_distiller(detector)
+    teacher_params = {id(p) for p in model.teacher.parameters()}
+    assert teacher_params
+    assert not teacher_params & {id(p) for p in model.parameters()}
+    keys = model.state_dict().keys()
+    assert not any(k.startswith("teacher") for k in keys)
+    # The checkpoint is a plain detector's: it loads strictly into one.
+    spec = tiny_spec(detector)
+    plain_cfg = model_cfg(spec.model_copy(update={"kind": "train", "method": "none",
+                                                  "teacher": None, "distill": None}), 3)
+    plain = MODELS.build(plain_cfg)
+    plain.load_state_dict(model.state_dict(), strict=True)
+
+
+def test_init_student_copies_neck_and_head_only(detector: str) -> None:
+    model = build_distiller(detector)
+    for part in ("neck", "bbox_head"):
+        student, teacher = getattr(model, part).state_dict(), getattr(model.teacher,
+                                                                      part).state_dict()
+        for key in student:
+            assert torch.equal(student[key], teacher[key]), f"{part}.{key}"
+    # The backbones differ in depth (R18 student, R34 teacher): nothing to copy there.
+    assert model.backbone.state_dict().keys() != model.teacher.backbone.state_dict().keys()
+
+
+def test_init_student_off_keeps_own_initialisation() -> None:
+    model = build_distiller("atss", init_student=False)
+    s = model.bbox_head.cls_convs[0].conv.weight
+    t = model.teacher.bbox_head.cls_convs[0].conv.weight
+    assert not torch.equal(s, t)
+
+
+def test_predict_runs_student_only(detector: str) -> None:
+    model = build_distiller(detector)
+    model.eval()
+    calls = []
+    handle = model.teacher.backbone.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        batch = model.data_preprocessor(synthetic_batch(num_images=1), False)
+        results = model.predict(batch["inputs"], batch["data_samples"])
+    handle.remove()
+    assert calls == []
+    assert len(results) == 1 and results[0].pred_instances.bboxes.shape[-1] == 4
+
+
+@pytest.mark.parametrize("method", ["pgd_no_gaussian", "pgd_cls_only", "fgd_box"])
+def test_other_methods(method: str) -> None:
+    model = build_distiller("fcos", method)
+    log = _train(model, iterations=1)[0]
+    assert "loss_pgd_cls_p3" in log
+    assert ("loss_pgd_reg_p3" in log) == (method != "pgd_cls_only")
+
+
+def test_method_none_is_student_alone() -> None:
+    spec = tiny_spec("gfl").model_copy(update={"method": "none", "teacher": None,
+                                               "distill": None})
+    model = MODELS.build(model_cfg(spec, 3))
+    model.init_weights()
+    assert model.teacher is None
+    log = _train(model, iterations=1)[0]
+    assert not any(k.startswith("loss_pgd_") for k in log)
+
+
+def test_fgd_box_maps_are_inside_boxes() -> None:
+    model = build_distiller("fcos", "fgd_box")
+    batch = model.data_preprocessor(synthetic_batch(num_images=1), True)
+    with torch.no_grad():
+        cls_scores, bbox_preds = model.teacher.bbox_head(
+            model.teacher.extract_feat(batch["inputs"]))[:2]
+    from pgd_core.decode import decode_dense
+
+    preds = decode_dense(model.teacher.bbox_head, cls_scores, bbox_preds, [(160, 160)])
+    maps = model.region_maps(preds, batch["data_samples"])
+    for fg, bg in zip(maps["cls"], maps["bg"]):
+        assert torch.equal(fg + bg, torch.ones_like(fg))
+
+
+def _pairing_cfg(detector: str, **teacher_changes):
+    cfg = model_cfg(tiny_spec(detector), 3)
+    teacher = copy.deepcopy(cfg["teacher"])
+    for path, value in teacher_changes.items():
+        node = teacher
+        keys = path.split(".")
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    cfg["teacher"] = teacher
+    return cfg
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"bbox_head.num_classes": 5}, "student num_classes is 3, teacher num_classes is 5"),
+    ({"bbox_head.feat_channels": 64}, "student head channels"),
+    ({"bbox_head.strides": [8, 16, 32, 64, 256]}, "strides is [8, 16, 32, 64, 128], "
+                                                   "teacher strides is [8, 16, 32, 64, 256]"),
+])
+def test_unpairable_teacher_is_refused(change: dict, expected: str) -> None:
+    with pytest.raises(PairingError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        MODELS.build(_pairing_cfg("fcos", **change))
+
+
+def test_different_family_is_refused() -> None:
+    cfg = model_cfg(tiny_spec("fcos"), 3)
+    cfg["teacher"] = model_cfg(tiny_spec("atss"), 3)["teacher"]
+    with pytest.raises(PairingError, match="FCOSHead.*ATSSHead"):
+        MODELS.build(cfg)
+
+
+def test_adapter_bridges_head_widths() -> None:
+    cfg = _pairing_cfg("fcos", **{"bbox_head.feat_channels": 64})
+    cfg["distill"] = dict(cfg["distill"], adapter=True, init_student=False)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    assert model.adapters["cls"].out_channels == 64
+    log = _train(model, iterations=1)[0]
+    assert torch.isfinite(torch.as_tensor(log["loss_pgd_cls_p3"]))

@@ -1,0 +1,50 @@
+"""pgd_core is a pure ML library: it imports without the service stack, and its light
+modules (spec, presets, datasets) import without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCKER = """
+import sys
+class Block:
+    def __init__(self, names): self.names = names
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in self.names:
+            raise ImportError(f'blocked by the test: {name}')
+        return None
+sys.meta_path.insert(0, Block({blocked!r}))
+"""
+SERVICE_STACK = ["fastapi", "starlette", "celery", "kombu", "sqlalchemy", "alembic", "redis",
+                 "api", "worker"]
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_blocker_really_blocks() -> None:
+    proc = _run(BLOCKER.format(blocked=["json"]) + "import json")
+    assert proc.returncode != 0 and "blocked by the test" in proc.stderr
+
+
+@pytest.mark.parametrize("module", ["pgd_core.regions", "pgd_core.losses", "pgd_core.spec",
+                                    "pgd_core.presets", "pgd_core.distiller",
+                                    "pgd_core.runner", "pgd_core.cli"])
+def test_imports_without_service_stack(module: str) -> None:
+    proc = _run(BLOCKER.format(blocked=SERVICE_STACK) + f"import {module}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ["pgd_core.spec", "pgd_core.presets", "pgd_core.datasets",
+                                    "pgd_core.models", "pgd_core.config"])
+def test_light_modules_import_without_torch(module: str) -> None:
+    proc = _run(BLOCKER.format(blocked=SERVICE_STACK + ["torch", "mmdet", "mmcv", "mmengine"])
+                + f"import {module}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
