@@ -10,6 +10,7 @@ Conventions: boxes are (x1, y1, x2, y2) in input-image pixels, centres (x, y).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 #: Margin of the strict "centre inside box" test (the reference's value).
@@ -72,6 +73,31 @@ def prediction_quality(cls_logits: Tensor, boxes: Tensor, gt_boxes: Tensor,
     return scores.pow(1.0 - alpha) * pairwise_iou(boxes, gt_boxes).pow(alpha)
 
 
+def _log_quality(cls_logits: Tensor, boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
+                 alpha: float) -> Tensor:
+    """``log q`` laid out GT-major, Tensor[G, N]: the same ranking as ``q`` for top-K.
+
+    Log space turns two powers per (GT, prior) pair into one log, and the
+    GT-major layout makes top-K run along contiguous memory; with tens of
+    thousands of priors and hundreds of GTs these N x G passes are the cost.
+    """
+    bx1, by1, bx2, by2 = boxes.t().contiguous()
+    gx1, gy1, gx2, gy2 = (c[:, None] for c in gt_boxes.t())
+    iw = torch.minimum(gx2, bx2).sub_(torch.maximum(gx1, bx1)).clamp_(min=0)
+    ih = torch.minimum(gy2, by2).sub_(torch.maximum(gy1, by1)).clamp_(min=0)
+    inter = iw.mul_(ih)
+    area_b = (bx2 - bx1).clamp_(min=0) * (by2 - by1).clamp_(min=0)
+    area_g = (gx2 - gx1).clamp_(min=0) * (gy2 - gy1).clamp_(min=0)
+    union = (area_g + area_b).sub_(inter).clamp_(min=torch.finfo(inter.dtype).tiny)
+    log_iou = inter.div_(union).log_()                      # -inf where boxes miss
+    if alpha == 1.0:
+        return log_iou
+    log_scores = F.logsigmoid(cls_logits).t()[gt_labels]    # (G, N)
+    if alpha == 0.0:
+        return log_scores
+    return log_scores.mul_(1.0 - alpha).add_(log_iou, alpha=alpha)
+
+
 def _gaussian_of_selected(centers: Tensor, topk_idx: Tensor) -> Tensor:
     """Step 3: unnormalised 2-D Gaussian fitted to the selected centres of each GT.
 
@@ -80,21 +106,23 @@ def _gaussian_of_selected(centers: Tensor, topk_idx: Tensor) -> Tensor:
         topk_idx (Tensor[K, G]): indices of the K selected priors of each GT.
 
     Returns:
-        Tensor[N, G]: ``exp(-0.5 * Mahalanobis^2)`` of every prior to each GT's fit.
+        Tensor[K, G]: ``exp(-0.5 * Mahalanobis^2)`` of each selected prior to its
+        GT's fit (the weight is only ever used there), in the dtype of ``centers``.
     """
     k = topk_idx.shape[0]
-    picked = centers[topk_idx]                              # (K, G, 2)
-    mu = picked.mean(dim=0)                                 # (G, 2)
-    dev = picked - mu
+    # float64: when the selected centres are (nearly) collinear off the axes,
+    # Sigma's condition number is about var / ridge ~ 1e7, and the 2x2 closed
+    # form cancels catastrophically in float32 (weights off by up to ~0.25).
+    picked = centers[topk_idx].double()                     # (K, G, 2)
+    dev = picked - picked.mean(dim=0)
+    dx, dy = dev[..., 0], dev[..., 1]                       # (K, G)
     # Population covariance (1/K), plus the ridge, written out for 2x2.
-    sxx = (dev[..., 0] * dev[..., 0]).sum(0) / k + COV_RIDGE
-    syy = (dev[..., 1] * dev[..., 1]).sum(0) / k + COV_RIDGE
-    sxy = (dev[..., 0] * dev[..., 1]).sum(0) / k
+    sxx = (dx * dx).sum(0) / k + COV_RIDGE
+    syy = (dy * dy).sum(0) / k + COV_RIDGE
+    sxy = (dx * dy).sum(0) / k
     det = sxx * syy - sxy * sxy
-    dx = centers[:, None, 0] - mu[None, :, 0]               # (N, G)
-    dy = centers[:, None, 1] - mu[None, :, 1]
     maha = (syy * dx * dx - 2.0 * sxy * dx * dy + sxx * dy * dy) / det
-    return torch.exp(-0.5 * maha)
+    return torch.exp(-0.5 * maha).to(centers.dtype)
 
 
 def prediction_guided_weights(centers: Tensor, cls_logits: Tensor, boxes: Tensor,
@@ -128,17 +156,21 @@ def prediction_guided_weights(centers: Tensor, cls_logits: Tensor, boxes: Tensor
     centers, cls_logits = centers.to(work), cls_logits.to(work)
     boxes, gt_boxes = boxes.to(work), gt_boxes.to(work)
 
-    quality = prediction_quality(cls_logits, boxes, gt_boxes, gt_labels, alpha)
     k = min(topk, n)
-    topk_idx = quality.topk(k, dim=0).indices               # (K, G)
-    selected = torch.zeros_like(quality, dtype=torch.bool)
-    selected.scatter_(0, topk_idx, True)
+    log_q = _log_quality(cls_logits, boxes, gt_boxes, gt_labels, alpha)
+    topk_idx = log_q.topk(k, dim=1).indices.t()             # (K, G)
+    # Only the K selected priors of each GT can carry weight: work on (K, G).
     if gaussian and k > 1:
-        per_gt = _gaussian_of_selected(centers, topk_idx) * selected
+        selected = _gaussian_of_selected(centers, topk_idx)
     else:
-        per_gt = selected.to(work)
-    per_gt = per_gt * inside_mask(centers, gt_boxes)
-    weights = per_gt.amax(dim=1)
+        selected = centers.new_ones(topk_idx.shape)
+    picked = centers[topk_idx]                              # (K, G, 2)
+    inside = ((picked[..., 0] - gt_boxes[:, 0] > INSIDE_EPS)
+              & (picked[..., 1] - gt_boxes[:, 1] > INSIDE_EPS)
+              & (gt_boxes[:, 2] - picked[..., 0] > INSIDE_EPS)
+              & (gt_boxes[:, 3] - picked[..., 1] > INSIDE_EPS))
+    weights = centers.new_zeros(n).scatter_reduce_(
+        0, topk_idx.reshape(-1), (selected * inside).reshape(-1), reduce="amax")
     weights = torch.where(weights < low_bound, torch.zeros_like(weights), weights)
     return weights.to(out_dtype)
 

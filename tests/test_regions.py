@@ -397,7 +397,7 @@ def test_random_cases_are_not_trivial():
 # ---------------------------------------------------------------------------
 # Dtype and device.
 # ---------------------------------------------------------------------------
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]   # gpu: skipped without CUDA
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -413,6 +413,25 @@ def test_output_dtype_and_device_follow_the_input(dtype, device):
     empty = _run_impl(dict(case, gts=np.zeros((0, 4)), labels=np.zeros(0, np.int64)),
                       dtype=dtype, device=device)
     assert empty.dtype == dtype and empty.device.type == device
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_diagonal_collinear_selection_is_exact_in_float32(dtype):
+    # Three P7 centres on a diagonal, (64, 64), (192, 192), (320, 320): deviations
+    # (-128,-128), 0, (128,128); Sigma = s [[1, 1], [1, 1]] + r I with s = 2*128^2/3.
+    # Along u = (1, 1)/sqrt(2) the variance is 2s + r, so the end points have
+    # Mahalanobis^2 = 2*128^2 / (2s + r) ~ 3/2, weight ~ exp(-3/4), the middle 1.
+    # The ridge is tiny next to s: a 2x2 closed form evaluated in float32 cancels
+    # catastrophically here (it gave exp(-1) = 0.368 instead of 0.472).
+    end = 0.4723665689584328          # exp(-0.5 * 2*128^2 / (4*128^2/3 + 1e-3))
+    centers = torch.tensor([[64.0, 64.0], [192.0, 192.0], [320.0, 320.0], [448.0, 64.0]],
+                           dtype=dtype)
+    logits = torch.tensor([[3.0], [2.0], [1.0], [0.0]], dtype=dtype)
+    everything = torch.tensor([[0.0, 0.0, 512.0, 512.0]], dtype=dtype)
+    w = prediction_guided_weights(centers, logits, everything.expand(4, 4), everything,
+                                  torch.tensor([0]), alpha=0.8, topk=3)
+    torch.testing.assert_close(w, torch.tensor([end, 1.0, end, 0.0], dtype=dtype),
+                               rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 4, 5, 7, 8])
