@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from mmdet.registry import MODELS
+from mmengine.config import ConfigDict
 from mmengine.optim import OptimWrapper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -28,24 +29,21 @@ import pgd_core.distiller  # noqa: E402,F401
 from pgd_core.config import model_cfg  # noqa: E402
 from pgd_core.presets import get_preset  # noqa: E402
 
+WARMUP_ROUNDS = 3
 
-def _median_time(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def _models(detector: str):
     spec = get_preset(f"tiny-{detector}-pgd")
-    distiller = MODELS.build(model_cfg(spec, 3))
+    distiller = MODELS.build(ConfigDict(model_cfg(spec, 3)))
     distiller.init_weights()
     alone = spec.model_copy(update={"method": "none", "teacher": None, "distill": None})
-    student = MODELS.build(model_cfg(alone, 3))
+    student = MODELS.build(ConfigDict(model_cfg(alone, 3)))
     student.init_weights()
     student.load_state_dict(distiller.state_dict())
     return distiller, student
@@ -67,14 +65,17 @@ def measure(detector: str, repeats: int, batch_size: int) -> dict[str, float]:
 
     # Interleave the three measurements round by round so drift hits all alike.
     times: dict[str, list[float]] = {"distill": [], "student": [], "teacher": []}
-    fns = {"distill": lambda: distiller.train_step(batch, opt_d),
-           "student": lambda: student.train_step(batch, opt_s),
-           "teacher": teacher_forward}
+    fns = {
+        "distill": lambda: distiller.train_step(batch, opt_d),
+        "student": lambda: student.train_step(batch, opt_s),
+        "teacher": teacher_forward,
+    }
+    for _ in range(WARMUP_ROUNDS):
+        for fn in fns.values():
+            fn()
     for _ in range(repeats):
         for name, fn in fns.items():
-            times[name].append(_median_time(fn, 1, warmup=0))
-    for name, fn in fns.items():  # warm-up effects: drop the first rounds
-        times[name] = times[name][2:]
+            times[name].append(_seconds(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
     med["overhead"] = med["distill"] / (med["student"] + med["teacher"])
     return med
@@ -89,14 +90,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch} at 160 px, "
-          f"median of {args.repeats} interleaved rounds")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, batch {args.batch} at 160 px, "
+        f"median of {args.repeats} interleaved rounds"
+    )
     print("| detector | distill step (ms) | student step (ms) | teacher fwd (ms) | overhead |")
     print("|---|---|---|---|---|")
     for det in args.detectors:
         m = measure(det, args.repeats, args.batch)
-        print(f"| {det} | {1e3 * m['distill']:.1f} | {1e3 * m['student']:.1f} | "
-              f"{1e3 * m['teacher']:.1f} | {m['overhead']:.3f} |")
+        print(
+            f"| {det} | {1e3 * m['distill']:.1f} | {1e3 * m['student']:.1f} | "
+            f"{1e3 * m['teacher']:.1f} | {m['overhead']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pgd_core.regions import prediction_guided_weights  # noqa: E402
 
 IMAGE_W, IMAGE_H = 1333, 800
 STRIDES = (8, 16, 32, 64, 128)
-TOPK, ALPHA = 30, 0.8          # FCOS/DDOD K and the cls-map quality exponent
+TOPK, ALPHA = 30, 0.8  # FCOS/DDOD K and the cls-map quality exponent
 RIDGE, EPS = 1e-3, 1e-10
 
 
@@ -76,8 +76,16 @@ def _iou_with_one(boxes: Tensor, gt: Tensor) -> Tensor:
     return inter / union.clamp(min=1e-12)
 
 
-def loop_weights(centres: Tensor, logits: Tensor, boxes: Tensor, gts: Tensor, labels: Tensor,
-                 *, alpha: float, topk: int) -> Tensor:
+def loop_weights(
+    centres: Tensor,
+    logits: Tensor,
+    boxes: Tensor,
+    gts: Tensor,
+    labels: Tensor,
+    *,
+    alpha: float,
+    topk: int,
+) -> Tensor:
     """The per-GT loop baseline (reference-code style). Returns Tensor[N]."""
     weights = centres.new_zeros(centres.shape[0])
     scores = logits.sigmoid()
@@ -94,8 +102,12 @@ def loop_weights(centres: Tensor, logits: Tensor, boxes: Tensor, gts: Tensor, la
         dev = pts64 - pts64.mean(dim=0)
         cov = dev.T @ dev / k + RIDGE * eye
         w = torch.exp(-0.5 * ((dev @ torch.linalg.inv(cov)) * dev).sum(dim=1)).to(pts.dtype)
-        inside = ((pts[:, 0] - gt[0] > EPS) & (pts[:, 1] - gt[1] > EPS)
-                  & (gt[2] - pts[:, 0] > EPS) & (gt[3] - pts[:, 1] > EPS))
+        inside = (
+            (pts[:, 0] - gt[0] > EPS)
+            & (pts[:, 1] - gt[1] > EPS)
+            & (gt[2] - pts[:, 0] > EPS)
+            & (gt[3] - pts[:, 1] > EPS)
+        )
         weights[idx] = torch.maximum(weights[idx], w * inside)
     return weights
 
@@ -129,11 +141,19 @@ def run_one(num_gts: int, repeats: int, seed: int = 0) -> dict[str, float]:
         w_vec, w_loop = vec(), loop()
         max_diff = (w_vec - w_loop).abs().max().item()
         if not torch.allclose(w_vec, w_loop, rtol=1e-4, atol=1e-5):
-            raise SystemExit(f"G={num_gts}: loop and vectorised weights differ (max {max_diff:.3g})")
+            raise SystemExit(
+                f"G={num_gts}: loop and vectorised weights differ (max {max_diff:.3g})"
+            )
         t_vec = median_seconds(vec, repeats)
         t_loop = median_seconds(loop, repeats)
-    return dict(n=centres.shape[0], g=num_gts, nonzero=int((w_vec > 0).sum()),
-                max_diff=max_diff, loop_ms=1e3 * t_loop, vec_ms=1e3 * t_vec)
+    return dict(
+        n=centres.shape[0],
+        g=num_gts,
+        nonzero=int((w_vec > 0).sum()),
+        max_diff=max_diff,
+        loop_ms=1e3 * t_loop,
+        vec_ms=1e3 * t_vec,
+    )
 
 
 def main() -> None:
@@ -143,14 +163,21 @@ def main() -> None:
     parser.add_argument("--gts", type=int, nargs="+", default=[7, 23, 120])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, float32, threads={torch.get_num_threads()} (both), "
-          f"K={TOPK}, repeats={args.repeats}\n")
-    print("| N priors | G | non-zero weights | max abs diff | loop ms | vectorised ms | loop / vectorised |")
+    print(
+        f"torch {torch.__version__}, float32, threads={torch.get_num_threads()} (both), "
+        f"K={TOPK}, repeats={args.repeats}\n"
+    )
+    print(
+        "| N priors | G | non-zero weights | max abs diff | loop ms | vectorised ms "
+        "| loop / vectorised |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for g in args.gts:
         r = run_one(g, args.repeats)
-        print(f"| {r['n']} | {r['g']} | {r['nonzero']} | {r['max_diff']:.1e} | {r['loop_ms']:.2f} "
-              f"| {r['vec_ms']:.2f} | {r['loop_ms'] / r['vec_ms']:.1f}x |")
+        print(
+            f"| {r['n']} | {r['g']} | {r['nonzero']} | {r['max_diff']:.1e} | {r['loop_ms']:.2f} "
+            f"| {r['vec_ms']:.2f} | {r['loop_ms'] / r['vec_ms']:.1f}x |"
+        )
 
 
 if __name__ == "__main__":

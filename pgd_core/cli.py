@@ -41,10 +41,16 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 def _cmd_make_shapes(args: argparse.Namespace) -> int:
     from pgd_core.synthetic import make_coco_shapes
 
-    info = make_coco_shapes(args.data_root, args.name, num_train=args.num_train,
-                            num_val=args.num_val, image_size=(args.size, args.size),
-                            num_classes=args.num_classes, seed=args.seed,
-                            overwrite=args.overwrite)
+    info = make_coco_shapes(
+        args.data_root,
+        args.name,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        image_size=(args.size, args.size),
+        num_classes=args.num_classes,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
     print(info.root)
     return 0
 
@@ -56,15 +62,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     def progress(it: int, total: int) -> None:
         print(f"\r[{spec.kind} {spec.detector}] iteration {it}/{total}", end="", file=sys.stderr)
 
-    result = run_spec(spec, args.work_dir, data_root=args.data_root,
-                      weights_root=args.weights_root,
-                      teacher_checkpoint=args.teacher_checkpoint, checkpoint=args.checkpoint,
-                      callbacks=RunCallbacks(on_progress=progress))
+    result = run_spec(
+        spec,
+        args.work_dir,
+        data_root=args.data_root,
+        weights_root=args.weights_root,
+        teacher_checkpoint=args.teacher_checkpoint,
+        checkpoint=args.checkpoint,
+        callbacks=RunCallbacks(on_progress=progress),
+    )
     print(file=sys.stderr)
-    print(json.dumps(dict(status=result.status, iteration=result.iteration,
-                          metrics=result.metrics,
-                          checkpoint=str(result.checkpoint) if result.checkpoint else None),
-                     indent=2))
+    print(
+        json.dumps(
+            dict(
+                status=result.status,
+                iteration=result.iteration,
+                metrics=result.metrics,
+                checkpoint=str(result.checkpoint) if result.checkpoint else None,
+            ),
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -1,4 +1,7 @@
-"""The one place that adapts mmengine 0.10.7 to torch >= 2.6.
+"""The one place that adapts the OpenMMLab stack for pgd_core.
+
+Registers mmdet's modules under the default scope ``mmdet`` (so models can be
+built from dicts outside a Runner), and adapts mmengine 0.10.7 to torch >= 2.6.
 
 torch 2.6 made ``torch.load`` default to ``weights_only=True``; mmengine 0.10.7
 calls it without the argument, so torch refuses mmengine's own checkpoints
@@ -25,9 +28,12 @@ def _load_trusted_local(filename: str, map_location=None):  # noqa: ANN001 - mme
 
 
 def install() -> None:
-    """Register the local-file checkpoint loader (idempotent)."""
+    """Register mmdet's modules and the local-file checkpoint loader (idempotent)."""
     global _installed
     if not _installed:
+        from mmdet.utils import register_all_modules
+
+        register_all_modules(init_default_scope=True)
         CheckpointLoader.register_scheme(prefixes="", loader=_load_trusted_local, force=True)
         _installed = True
 

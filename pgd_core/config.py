@@ -17,8 +17,13 @@ _DATASET_TYPES = {"coco": "CocoDataset", "crowdhuman": "CrowdHumanDataset"}
 _META_KEYS = ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")
 
 
-def model_cfg(spec: RunSpec, num_classes: int, *, pretrained: str | None = None,
-              teacher_checkpoint: str | None = None) -> dict[str, Any]:
+def model_cfg(
+    spec: RunSpec,
+    num_classes: int,
+    *,
+    pretrained: str | None = None,
+    teacher_checkpoint: str | None = None,
+) -> dict[str, Any]:
     """The model to build: a plain detector, or the PGD distiller for distill runs."""
     student = detector_cfg(spec.detector, spec.student, num_classes, pretrained)
     if spec.kind != "distill":
@@ -31,11 +36,21 @@ def model_cfg(spec: RunSpec, num_classes: int, *, pretrained: str | None = None,
         cfg["teacher"].pop("data_preprocessor")
         cfg["teacher_checkpoint"] = teacher_checkpoint
         cfg["distill"] = dict(
-            method=spec.method, temp=d.temp, alpha=d.alpha, beta=d.resolved_beta,
-            gamma=d.resolved_gamma, delta=d.delta, level_weights=tuple(d.level_weights),
-            topk=d.topk, cls_quality_alpha=d.cls_quality_alpha,
-            reg_quality_alpha=d.reg_quality_alpha, low_bound=d.low_bound,
-            tower_layer=d.tower_layer, init_student=d.init_student, adapter=d.adapter)
+            method=spec.method,
+            temp=d.temp,
+            alpha=d.alpha,
+            beta=d.resolved_beta,
+            gamma=d.resolved_gamma,
+            delta=d.delta,
+            level_weights=tuple(d.level_weights),
+            topk=d.topk,
+            cls_quality_alpha=d.cls_quality_alpha,
+            reg_quality_alpha=d.reg_quality_alpha,
+            low_bound=d.low_bound,
+            tower_layer=d.tower_layer,
+            init_student=d.init_student,
+            adapter=d.adapter,
+        )
     return cfg
 
 
@@ -43,8 +58,9 @@ def _resize(spec: RunSpec, train: bool) -> dict[str, Any]:
     long_side, short_side = spec.dataset.img_scale
     shorts = spec.dataset.multiscale_short
     if train and shorts:
-        return dict(type="RandomChoiceResize", scales=[(long_side, s) for s in shorts],
-                    keep_ratio=True)
+        return dict(
+            type="RandomChoiceResize", scales=[(long_side, s) for s in shorts], keep_ratio=True
+        )
     return dict(type="Resize", scale=(long_side, short_side), keep_ratio=True)
 
 
@@ -52,15 +68,28 @@ def _dataset(info: DatasetInfo, split: str, spec: RunSpec, train: bool) -> dict[
     s = info.split(split)
     pipeline: list[dict[str, Any]] = [dict(type="LoadImageFromFile", backend_args=None)]
     if train:
-        pipeline += [dict(type="LoadAnnotations", with_bbox=True), _resize(spec, True),
-                     dict(type="RandomFlip", prob=0.5), dict(type="PackDetInputs")]
+        pipeline += [
+            dict(type="LoadAnnotations", with_bbox=True),
+            _resize(spec, True),
+            dict(type="RandomFlip", prob=0.5),
+            dict(type="PackDetInputs"),
+        ]
     else:
-        pipeline += [_resize(spec, False), dict(type="LoadAnnotations", with_bbox=True),
-                     dict(type="PackDetInputs", meta_keys=_META_KEYS)]
-    ds: dict[str, Any] = dict(type=_DATASET_TYPES[info.format], data_root="",
-                              ann_file=str(s.ann_file), data_prefix=dict(img=f"{s.img_dir}/"),
-                              metainfo=dict(classes=tuple(info.classes)), pipeline=pipeline,
-                              test_mode=not train, backend_args=None)
+        pipeline += [
+            _resize(spec, False),
+            dict(type="LoadAnnotations", with_bbox=True),
+            dict(type="PackDetInputs", meta_keys=_META_KEYS),
+        ]
+    ds: dict[str, Any] = dict(
+        type=_DATASET_TYPES[info.format],
+        data_root="",
+        ann_file=str(s.ann_file),
+        data_prefix=dict(img=f"{s.img_dir}/"),
+        metainfo=dict(classes=tuple(info.classes)),
+        pipeline=pipeline,
+        test_mode=not train,
+        backend_args=None,
+    )
     if train:
         ds["filter_cfg"] = dict(filter_empty_gt=True, min_size=1)
     return ds
@@ -70,45 +99,77 @@ def _evaluator(info: DatasetInfo, split: str) -> dict[str, Any]:
     ann = str(info.split(split).ann_file)
     if info.format == "crowdhuman":
         return dict(type="CrowdHumanMetric", ann_file=ann, metric=["AP", "MR", "JI"])
-    return dict(type="CocoMetric", ann_file=ann, metric="bbox", format_only=False,
-                backend_args=None)
+    return dict(
+        type="CocoMetric", ann_file=ann, metric="bbox", format_only=False, backend_args=None
+    )
 
 
 def _schedule(spec: RunSpec) -> dict[str, Any]:
     sch = spec.schedule
     schedulers: list[dict[str, Any]] = []
     if sch.warmup_iters:
-        schedulers.append(dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0,
-                               end=min(sch.warmup_iters, sch.max_iters)))
+        schedulers.append(
+            dict(
+                type="LinearLR",
+                start_factor=0.001,
+                by_epoch=False,
+                begin=0,
+                end=min(sch.warmup_iters, sch.max_iters),
+            )
+        )
     if sch.milestones:
-        schedulers.append(dict(type="MultiStepLR", by_epoch=False, begin=0, end=sch.max_iters,
-                               milestones=list(sch.milestones), gamma=0.1))
-    optim = dict(type="OptimWrapper",
-                 optimizer=dict(type="SGD", lr=sch.lr, momentum=sch.momentum,
-                                weight_decay=sch.weight_decay))
+        schedulers.append(
+            dict(
+                type="MultiStepLR",
+                by_epoch=False,
+                begin=0,
+                end=sch.max_iters,
+                milestones=list(sch.milestones),
+                gamma=0.1,
+            )
+        )
+    optim = dict(
+        type="OptimWrapper",
+        optimizer=dict(type="SGD", lr=sch.lr, momentum=sch.momentum, weight_decay=sch.weight_decay),
+    )
     if sch.grad_clip:
         optim["clip_grad"] = dict(max_norm=sch.grad_clip, norm_type=2)
     return dict(
-        optim_wrapper=optim, param_scheduler=schedulers,
-        train_cfg=dict(type="IterBasedTrainLoop", max_iters=sch.max_iters,
-                       val_interval=sch.val_interval or sch.max_iters),
-        val_cfg=dict(type="ValLoop"), test_cfg=dict(type="TestLoop"),
+        optim_wrapper=optim,
+        param_scheduler=schedulers,
+        train_cfg=dict(
+            type="IterBasedTrainLoop",
+            max_iters=sch.max_iters,
+            val_interval=sch.val_interval or sch.max_iters,
+        ),
+        val_cfg=dict(type="ValLoop"),
+        test_cfg=dict(type="TestLoop"),
         default_hooks=dict(
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=sch.log_interval),
             param_scheduler=dict(type="ParamSchedulerHook"),
-            checkpoint=dict(type="CheckpointHook", by_epoch=False,
-                            interval=sch.checkpoint_interval, max_keep_ckpts=2,
-                            save_last=True),
-            sampler_seed=dict(type="DistSamplerSeedHook")),
-        log_processor=dict(type="LogProcessor", window_size=sch.log_interval, by_epoch=False))
+            checkpoint=dict(
+                type="CheckpointHook",
+                by_epoch=False,
+                interval=sch.checkpoint_interval,
+                max_keep_ckpts=2,
+                save_last=True,
+            ),
+            sampler_seed=dict(type="DistSamplerSeedHook"),
+        ),
+        log_processor=dict(type="LogProcessor", window_size=sch.log_interval, by_epoch=False),
+    )
 
 
 def _loader(dataset: dict[str, Any], *, batch_size: int, workers: int, train: bool) -> dict:
     sampler = dict(type="InfiniteSampler" if train else "DefaultSampler", shuffle=train)
-    loader: dict[str, Any] = dict(batch_size=batch_size, num_workers=workers,
-                                  persistent_workers=workers > 0, sampler=sampler,
-                                  dataset=dataset)
+    loader: dict[str, Any] = dict(
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        sampler=sampler,
+        dataset=dataset,
+    )
     if train:
         loader["batch_sampler"] = dict(type="AspectRatioBatchSampler")
     else:
@@ -116,9 +177,16 @@ def _loader(dataset: dict[str, Any], *, batch_size: int, workers: int, train: bo
     return loader
 
 
-def runner_cfg(spec: RunSpec, info: DatasetInfo, work_dir: Path, *,
-               pretrained: str | None = None, teacher_checkpoint: str | None = None,
-               checkpoint: str | None = None, resume: bool = False) -> dict[str, Any]:
+def runner_cfg(
+    spec: RunSpec,
+    info: DatasetInfo,
+    work_dir: Path,
+    *,
+    pretrained: str | None = None,
+    teacher_checkpoint: str | None = None,
+    checkpoint: str | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
     """A complete mmengine Runner config for ``spec``.
 
     Args:
@@ -132,30 +200,47 @@ def runner_cfg(spec: RunSpec, info: DatasetInfo, work_dir: Path, *,
     """
     workers = spec.schedule.num_workers
     cfg: dict[str, Any] = dict(
-        default_scope="mmdet", work_dir=str(work_dir),
-        model=model_cfg(spec, info.num_classes, pretrained=pretrained,
-                        teacher_checkpoint=teacher_checkpoint),
-        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl"),
-                     mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0)),
+        default_scope="mmdet",
+        work_dir=str(work_dir),
+        model=model_cfg(
+            spec, info.num_classes, pretrained=pretrained, teacher_checkpoint=teacher_checkpoint
+        ),
+        env_cfg=dict(
+            cudnn_benchmark=False,
+            dist_cfg=dict(backend="nccl"),
+            mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+        ),
         randomness=dict(seed=spec.seed, deterministic=False),
-        log_level="INFO", load_from=checkpoint, resume=resume and spec.kind != "evaluate")
+        log_level="INFO",
+        load_from=checkpoint,
+        resume=resume and spec.kind != "evaluate",
+    )
     val_ds = _dataset(info, spec.dataset.val_split, spec, train=False)
     val_loader = _loader(val_ds, batch_size=1, workers=workers, train=False)
     if spec.kind == "evaluate":
-        cfg.update(test_dataloader=val_loader, test_evaluator=_evaluator(info,
-                                                                           spec.dataset.val_split),
-                   test_cfg=dict(type="TestLoop"),
-                   default_hooks=dict(timer=dict(type="IterTimerHook"),
-                                      logger=dict(type="LoggerHook", interval=50)))
+        cfg.update(
+            test_dataloader=val_loader,
+            test_evaluator=_evaluator(info, spec.dataset.val_split),
+            test_cfg=dict(type="TestLoop"),
+            default_hooks=dict(
+                timer=dict(type="IterTimerHook"), logger=dict(type="LoggerHook", interval=50)
+            ),
+        )
         cfg["model"] = detector_cfg(spec.detector, spec.student, info.num_classes)
         return cfg
     cfg.update(_schedule(spec))
     cfg.update(
-        train_dataloader=_loader(_dataset(info, spec.dataset.train_split, spec, train=True),
-                                 batch_size=spec.schedule.batch_size, workers=workers,
-                                 train=True),
-        val_dataloader=val_loader, val_evaluator=_evaluator(info, spec.dataset.val_split),
-        test_dataloader=val_loader, test_evaluator=_evaluator(info, spec.dataset.val_split))
+        train_dataloader=_loader(
+            _dataset(info, spec.dataset.train_split, spec, train=True),
+            batch_size=spec.schedule.batch_size,
+            workers=workers,
+            train=True,
+        ),
+        val_dataloader=val_loader,
+        val_evaluator=_evaluator(info, spec.dataset.val_split),
+        test_dataloader=val_loader,
+        test_evaluator=_evaluator(info, spec.dataset.val_split),
+    )
     return cfg
 
 

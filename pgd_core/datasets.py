@@ -180,8 +180,7 @@ def _check_splits(where: str, value: object, fmt: str) -> _RelSplits:
             raise DatasetError(f"{where}: field 'splits': split names must be non-empty")
         if not isinstance(entry, dict):
             raise DatasetError(
-                f"{where}: field '{prefix}': must be an object with keys "
-                f"{', '.join(_SPLIT_KEYS)}"
+                f"{where}: field '{prefix}': must be an object with keys {', '.join(_SPLIT_KEYS)}"
             )
         _check_keys(where, prefix, entry, _SPLIT_KEYS)
         ann = _check_rel_path(where, f"{prefix}.ann_file", entry["ann_file"])

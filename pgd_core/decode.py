@@ -31,7 +31,7 @@ class DensePredictions:
     level_shapes: list[tuple[int, int, int]]
 
     def split_levels(self, values: Tensor) -> list[Tensor]:
-        """Per-prior values (Tensor[B, P]) to per-level maps [Tensor[B, H, W]] (max over anchors)."""
+        """Per-prior values Tensor[B, P] to per-level maps [Tensor[B, H, W]], max over anchors."""
         maps, start = [], 0
         for h, w, a in self.level_shapes:
             stop = start + h * w * a
@@ -42,8 +42,9 @@ class DensePredictions:
 
 def _flatten(maps: list[Tensor], per_prior: int) -> Tensor:
     """[Tensor[B, A*K, H, W]] to Tensor[B, sum(H*W*A), K] in mmdet's prior order."""
-    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, per_prior) for m in maps],
-                     dim=1)
+    return torch.cat(
+        [m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, per_prior) for m in maps], dim=1
+    )
 
 
 def _clip(boxes: Tensor, img_shapes: list[tuple[int, int]]) -> Tensor:
@@ -57,8 +58,12 @@ def _distance_boxes(centers: Tensor, dist: Tensor) -> Tensor:
     return torch.cat([centers[None] - dist[..., :2], centers[None] + dist[..., 2:]], dim=-1)
 
 
-def decode_dense(head: nn.Module, cls_scores: list[Tensor], bbox_preds: list[Tensor],
-                 img_shapes: list[tuple[int, int]]) -> DensePredictions:
+def decode_dense(
+    head: nn.Module,
+    cls_scores: list[Tensor],
+    bbox_preds: list[Tensor],
+    img_shapes: list[tuple[int, int]],
+) -> DensePredictions:
     """Decode one batch of a dense head's outputs.
 
     Args:
@@ -73,8 +78,9 @@ def decode_dense(head: nn.Module, cls_scores: list[Tensor], bbox_preds: list[Ten
     cls_scores = [c.float() for c in cls_scores]
     bbox_preds = [b.float() for b in bbox_preds]
     sizes = [tuple(c.shape[-2:]) for c in cls_scores]
-    priors = head.prior_generator.grid_priors(sizes, dtype=torch.float32,
-                                              device=cls_scores[0].device)
+    priors = head.prior_generator.grid_priors(
+        sizes, dtype=torch.float32, device=cls_scores[0].device
+    )
     num_anchors = head.prior_generator.num_base_priors[0]
     shapes = [(h, w, num_anchors) for h, w in sizes]
     logits = _flatten(cls_scores, head.cls_out_channels)
@@ -84,8 +90,12 @@ def decode_dense(head: nn.Module, cls_scores: list[Tensor], bbox_preds: list[Ten
     elif isinstance(head, GFLHead):
         anchors = torch.cat(priors)
         centers = (anchors[:, :2] + anchors[:, 2:]) / 2
-        strides = torch.cat([p.new_full((p.shape[0], 1), float(s[0]))
-                             for p, s in zip(priors, head.prior_generator.strides)])
+        strides = torch.cat(
+            [
+                p.new_full((p.shape[0], 1), float(s[0]))
+                for p, s in zip(priors, head.prior_generator.strides)
+            ]
+        )
         dist_logits = _flatten(bbox_preds, 4 * (head.reg_max + 1))
         dist = head.integral(dist_logits).reshape(dist_logits.shape[0], -1, 4) * strides
         boxes = _distance_boxes(centers, dist)
@@ -95,7 +105,10 @@ def decode_dense(head: nn.Module, cls_scores: list[Tensor], bbox_preds: list[Ten
         deltas = _flatten(bbox_preds, 4)
         boxes = torch.stack([head.bbox_coder.decode(anchors, d) for d in deltas])
     else:
-        raise TypeError(f"PGD cannot decode a {type(head).__name__}; supported heads: "
-                        "FCOSHead, AutoAssignHead, ATSSHead, GFLHead, DDODHead")
-    return DensePredictions(centers=centers, cls_logits=logits,
-                            boxes=_clip(boxes, img_shapes), level_shapes=shapes)
+        raise TypeError(
+            f"PGD cannot decode a {type(head).__name__}; supported heads: "
+            "FCOSHead, AutoAssignHead, ATSSHead, GFLHead, DDODHead"
+        )
+    return DensePredictions(
+        centers=centers, cls_logits=logits, boxes=_clip(boxes, img_shapes), level_shapes=shapes
+    )

@@ -14,16 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-import pgd_core.compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
 from mmdet.models.detectors import SingleStageDetector
 from mmdet.registry import MODELS
 from mmengine.runner.checkpoint import load_checkpoint
 from torch import Tensor, nn
 
+import pgd_core.compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
 from pgd_core.decode import DensePredictions, decode_dense
 from pgd_core.losses import pgd_cls_loss, pgd_reg_loss
-from pgd_core.regions import background_mask, box_foreground_mask, prediction_guided_weights
+from pgd_core.regions import batched_background_mask, batched_prediction_guided_weights
 
 LEVEL_NAMES = ("p3", "p4", "p5", "p6", "p7")
 KD_METHODS = ("pgd", "pgd_no_gaussian", "pgd_cls_only", "fgd_box")
@@ -54,8 +53,10 @@ class DistillSettings:
 
     def __post_init__(self) -> None:
         if self.method not in KD_METHODS:
-            raise ValueError(f"distill method '{self.method}' is not one of {KD_METHODS} "
-                             "(use no teacher for 'none')")
+            raise ValueError(
+                f"distill method '{self.method}' is not one of {KD_METHODS} "
+                "(use no teacher for 'none')"
+            )
 
 
 class TowerRecorder:
@@ -75,6 +76,7 @@ class TowerRecorder:
         def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
             if self._active:
                 store.append(output)
+
         return hook
 
     @contextlib.contextmanager
@@ -100,14 +102,29 @@ class PGDDistiller(SingleStageDetector):
         distill: keyword arguments of :class:`DistillSettings`.
     """
 
-    def __init__(self, *, backbone: dict, neck: dict, bbox_head: dict,
-                 train_cfg: dict | None = None, test_cfg: dict | None = None,
-                 data_preprocessor: dict | None = None, init_cfg: dict | None = None,
-                 teacher: dict | None = None, teacher_checkpoint: str | None = None,
-                 distill: dict | None = None) -> None:
-        super().__init__(backbone=backbone, neck=neck, bbox_head=bbox_head,
-                         train_cfg=train_cfg, test_cfg=test_cfg,
-                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+    def __init__(
+        self,
+        *,
+        backbone: dict,
+        neck: dict,
+        bbox_head: dict,
+        train_cfg: dict | None = None,
+        test_cfg: dict | None = None,
+        data_preprocessor: dict | None = None,
+        init_cfg: dict | None = None,
+        teacher: dict | None = None,
+        teacher_checkpoint: str | None = None,
+        distill: dict | None = None,
+    ) -> None:
+        super().__init__(
+            backbone=backbone,
+            neck=neck,
+            bbox_head=bbox_head,
+            train_cfg=train_cfg,
+            test_cfg=test_cfg,
+            data_preprocessor=data_preprocessor,
+            init_cfg=init_cfg,
+        )
         self.settings = DistillSettings(**(distill or {}))
         self.teacher_checkpoint = teacher_checkpoint
         # Outside the module tree on purpose (see the module docstring).
@@ -116,8 +133,10 @@ class PGDDistiller(SingleStageDetector):
         if teacher is None:
             return
         if teacher.get("data_preprocessor") not in (None, data_preprocessor):
-            raise PairingError("teacher.data_preprocessor must equal the student's: the "
-                               "teacher reads the student's normalised input")
+            raise PairingError(
+                "teacher.data_preprocessor must equal the student's: the "
+                "teacher reads the student's normalised input"
+            )
         built = MODELS.build({k: v for k, v in teacher.items() if k != "data_preprocessor"})
         built.requires_grad_(False)
         built.eval()
@@ -135,21 +154,31 @@ class PGDDistiller(SingleStageDetector):
             ("detector family", type(s_head).__name__, type(t_head).__name__),
             ("num_classes", s_head.num_classes, t_head.num_classes),
             ("strides", _strides(s_head), _strides(t_head)),
-            ("priors per location", s_head.prior_generator.num_base_priors,
-             t_head.prior_generator.num_base_priors),
+            (
+                "priors per location",
+                s_head.prior_generator.num_base_priors,
+                t_head.prior_generator.num_base_priors,
+            ),
         ]
         if not self.settings.adapter:
-            checks.append(("head channels (set adapter=True to bridge them)",
-                           s_head.feat_channels, t_head.feat_channels))
+            checks.append(
+                (
+                    "head channels (set adapter=True to bridge them)",
+                    s_head.feat_channels,
+                    t_head.feat_channels,
+                )
+            )
         for what, student, teacher_value in checks:
             if student != teacher_value:
-                raise PairingError(f"cannot distil: student {what} is {student}, "
-                                   f"teacher {what} is {teacher_value}")
+                raise PairingError(
+                    f"cannot distil: student {what} is {student}, teacher {what} is {teacher_value}"
+                )
         layer = self.settings.tower_layer
         for who, head in (("student", s_head), ("teacher", t_head)):
             if layer >= len(head.cls_convs):
-                raise PairingError(f"tower_layer {layer} is outside the {who}'s "
-                                   f"{len(head.cls_convs)}-layer towers")
+                raise PairingError(
+                    f"tower_layer {layer} is outside the {who}'s {len(head.cls_convs)}-layer towers"
+                )
         if self.settings.init_student:
             for part in ("neck", "bbox_head"):
                 _check_same_shapes(part, getattr(self, part), getattr(teacher, part))
@@ -168,8 +197,13 @@ class PGDDistiller(SingleStageDetector):
             return
         self.teacher.init_weights()
         if self.teacher_checkpoint:
-            load_checkpoint(self.teacher, self.teacher_checkpoint, map_location="cpu",
-                            strict=False, revise_keys=[(r"^module\.", "")])
+            load_checkpoint(
+                self.teacher,
+                self.teacher_checkpoint,
+                map_location="cpu",
+                strict=False,
+                revise_keys=[(r"^module\.", "")],
+            )
         self.teacher.eval()
         if self.settings.init_student:
             self.neck.load_state_dict(self.teacher.neck.state_dict())
@@ -191,36 +225,46 @@ class PGDDistiller(SingleStageDetector):
             losses = super().loss(batch_inputs, batch_data_samples)
         with torch.no_grad(), self._teacher_towers.recording():
             cls_scores, bbox_preds = self.teacher.bbox_head(
-                self.teacher.extract_feat(batch_inputs))[:2]
-            preds = decode_dense(self.teacher.bbox_head, cls_scores, bbox_preds,
-                                 [s.metainfo["img_shape"][:2] for s in batch_data_samples])
+                self.teacher.extract_feat(batch_inputs)
+            )[:2]
+            preds = decode_dense(
+                self.teacher.bbox_head,
+                cls_scores,
+                bbox_preds,
+                [s.metainfo["img_shape"][:2] for s in batch_data_samples],
+            )
             maps = self.region_maps(preds, batch_data_samples)
         losses.update(self._kd_losses(maps))
         return losses
 
-    def region_maps(self, preds: DensePredictions,
-                    batch_data_samples: list) -> dict[str, list[Tensor]]:
-        """Cls, reg and background maps per level: {'cls'|'reg'|'bg': [Tensor[B, H, W]]}."""
+    def region_maps(
+        self, preds: DensePredictions, batch_data_samples: list
+    ) -> dict[str, list[Tensor]]:
+        """Cls, reg and background maps per level: {'cls'|'reg'|'bg': [Tensor[B, H, W]]}.
+
+        The whole batch at once: GTs are padded to the largest count in the batch.
+        """
         s = self.settings
-        per_image: dict[str, list[Tensor]] = {"cls": [], "reg": [], "bg": []}
-        for i, sample in enumerate(batch_data_samples):
-            gt = sample.gt_instances
-            gt_boxes, gt_labels = gt.bboxes.float(), gt.labels.long()
-            if hasattr(gt_boxes, "tensor"):  # mmdet box structures
-                gt_boxes = gt_boxes.tensor
-            per_image["bg"].append(background_mask(preds.centers, gt_boxes))
-            if s.method == "fgd_box":
-                inside = box_foreground_mask(preds.centers, gt_boxes)
-                per_image["cls"].append(inside)
-                per_image["reg"].append(inside)
-                continue
-            for branch, quality_alpha in (("cls", s.cls_quality_alpha),
-                                          ("reg", s.reg_quality_alpha)):
-                per_image[branch].append(prediction_guided_weights(
-                    preds.centers, preds.cls_logits[i], preds.boxes[i], gt_boxes, gt_labels,
-                    alpha=quality_alpha, topk=s.topk, low_bound=s.low_bound,
-                    gaussian=s.method != "pgd_no_gaussian"))
-        return {k: preds.split_levels(torch.stack(v)) for k, v in per_image.items()}
+        gt_boxes, gt_labels, gt_valid = _padded_gts(batch_data_samples, preds.centers.device)
+        bg = batched_background_mask(preds.centers, gt_boxes, gt_valid)
+        if s.method == "fgd_box":
+            cls_map = reg_map = 1.0 - bg
+        else:
+            cls_map, reg_map = batched_prediction_guided_weights(
+                preds.centers,
+                preds.cls_logits,
+                preds.boxes,
+                gt_boxes,
+                gt_labels,
+                gt_valid,
+                alphas=(s.cls_quality_alpha, s.reg_quality_alpha),
+                topk=s.topk,
+                low_bound=s.low_bound,
+                gaussian=s.method != "pgd_no_gaussian",
+            )
+        return {
+            k: preds.split_levels(v) for k, v in (("cls", cls_map), ("reg", reg_map), ("bg", bg))
+        }
 
     def _kd_losses(self, maps: dict[str, list[Tensor]]) -> dict[str, Tensor]:
         s = self.settings
@@ -228,8 +272,10 @@ class PGDDistiller(SingleStageDetector):
         levels = len(maps["cls"])
         for who, rec in (("student", student), ("teacher", teacher)):
             if len(rec.cls) != levels or len(rec.reg) != levels:
-                raise RuntimeError(f"expected {levels} {who} tower outputs per branch, "
-                                   f"recorded {len(rec.cls)} cls and {len(rec.reg)} reg")
+                raise RuntimeError(
+                    f"expected {levels} {who} tower outputs per branch, "
+                    f"recorded {len(rec.cls)} cls and {len(rec.reg)} reg"
+                )
         losses: dict[str, Tensor] = {}
         for lvl in range(levels):
             name = LEVEL_NAMES[lvl] if lvl < len(LEVEL_NAMES) else f"l{lvl}"
@@ -237,19 +283,51 @@ class PGDDistiller(SingleStageDetector):
             if self.adapters is not None:
                 s_cls, s_reg = self.adapters["cls"](s_cls), self.adapters["reg"](s_reg)
             losses[f"loss_pgd_cls_{name}"] = pgd_cls_loss(
-                s_cls, teacher.cls[lvl], maps["cls"][lvl].to(s_cls.dtype),
-                maps["bg"][lvl].to(s_cls.dtype), temp_s=s.temp, temp_c=s.temp,
-                alpha=s.alpha, beta=s.beta, delta=s.delta, loss_weight=s.level_weights[lvl])
+                s_cls,
+                teacher.cls[lvl],
+                maps["cls"][lvl].to(s_cls.dtype),
+                maps["bg"][lvl].to(s_cls.dtype),
+                temp_s=s.temp,
+                temp_c=s.temp,
+                alpha=s.alpha,
+                beta=s.beta,
+                delta=s.delta,
+                loss_weight=s.level_weights[lvl],
+            )
             if s.method != "pgd_cls_only":
                 losses[f"loss_pgd_reg_{name}"] = pgd_reg_loss(
-                    s_reg, teacher.reg[lvl], maps["reg"][lvl].to(s_reg.dtype), temp=s.temp,
-                    gamma=s.gamma, delta=s.delta)
+                    s_reg,
+                    teacher.reg[lvl],
+                    maps["reg"][lvl].to(s_reg.dtype),
+                    temp=s.temp,
+                    gamma=s.gamma,
+                    delta=s.delta,
+                )
         return losses
 
 
+def _padded_gts(samples: list, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """GT boxes Tensor[B, G, 4], labels Tensor[B, G] and validity Tensor[B, G] padded
+    to the batch's largest GT count."""
+    boxes = []
+    for sample in samples:
+        b = sample.gt_instances.bboxes
+        boxes.append((b.tensor if hasattr(b, "tensor") else b).float())  # mmdet box types
+    g = max((len(b) for b in boxes), default=0)
+    out_boxes = torch.zeros(len(samples), g, 4, device=device)
+    labels = torch.zeros(len(samples), g, dtype=torch.long, device=device)
+    valid = torch.zeros(len(samples), g, dtype=torch.bool, device=device)
+    for i, (b, sample) in enumerate(zip(boxes, samples)):
+        out_boxes[i, : len(b)] = b
+        labels[i, : len(b)] = sample.gt_instances.labels
+        valid[i, : len(b)] = True
+    return out_boxes, labels, valid
+
+
 def _strides(head: nn.Module) -> list[int]:
-    return [int(s[0]) if isinstance(s, (tuple, list)) else int(s)
-            for s in head.prior_generator.strides]
+    return [
+        int(s[0]) if isinstance(s, (tuple, list)) else int(s) for s in head.prior_generator.strides
+    ]
 
 
 def _check_same_shapes(part: str, student: nn.Module, teacher: nn.Module) -> None:
@@ -258,6 +336,8 @@ def _check_same_shapes(part: str, student: nn.Module, teacher: nn.Module) -> Non
         s_shape = tuple(s_state[key].shape) if key in s_state else None
         t_shape = tuple(t_state[key].shape) if key in t_state else None
         if s_shape != t_shape:
-            raise PairingError(f"init_student needs the teacher's {part} shape: {part}.{key} "
-                               f"is {s_shape} in the student and {t_shape} in the teacher "
-                               "(set init_student=False)")
+            raise PairingError(
+                f"init_student needs the teacher's {part} shape: {part}.{key} "
+                f"is {s_shape} in the student and {t_shape} in the teacher "
+                "(set init_student=False)"
+            )

@@ -7,7 +7,6 @@ reach the student only, whatever the caller passes.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 
@@ -52,17 +51,29 @@ def normalise_per_image(weight: Tensor) -> Tensor:
 
 def _check_pair(student: Tensor, teacher: Tensor, *weights: Tensor) -> None:
     if student.shape != teacher.shape or student.dim() != 4:
-        raise ValueError(f"student and teacher features must share a (N, C, H, W) shape, "
-                         f"got {tuple(student.shape)} and {tuple(teacher.shape)}")
+        raise ValueError(
+            f"student and teacher features must share a (N, C, H, W) shape, "
+            f"got {tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
     n, _, h, w = student.shape
     for wt in weights:
         if tuple(wt.shape) != (n, h, w):
             raise ValueError(f"weight map must be (N, H, W) = {(n, h, w)}, got {tuple(wt.shape)}")
 
 
-def pgd_cls_loss(student: Tensor, teacher: Tensor, fg_weight: Tensor, bg_weight: Tensor, *,
-                 temp_s: float, temp_c: float, alpha: float, beta: float, delta: float,
-                 loss_weight: float = 1.0) -> Tensor:
+def pgd_cls_loss(
+    student: Tensor,
+    teacher: Tensor,
+    fg_weight: Tensor,
+    bg_weight: Tensor,
+    *,
+    temp_s: float,
+    temp_c: float,
+    alpha: float,
+    beta: float,
+    delta: float,
+    loss_weight: float = 1.0,
+) -> Tensor:
     """Classification-branch loss of one level.
 
     ``loss_weight * (alpha * L_fg + beta * L_bg) + delta * L_att``, with
@@ -85,19 +96,21 @@ def pgd_cls_loss(student: Tensor, teacher: Tensor, fg_weight: Tensor, bg_weight:
     _check_pair(student, teacher, fg_weight, bg_weight)
     teacher = teacher.detach()
     n = student.shape[0]
-    att_s_t = spatial_attention(teacher, temp_s)            # (N, H, W)
-    att_c_t = channel_attention(teacher, temp_c)            # (N, C, H, W)
-    sq = (student - teacher).pow(2) * att_c_t * att_s_t[:, None]
-    fg = (sq * normalise_per_image(fg_weight)[:, None]).sum() / n
-    bg = (sq * normalise_per_image(bg_weight)[:, None]).sum() / n
+    att_s_t = spatial_attention(teacher, temp_s)  # (N, H, W)
+    att_c_t = channel_attention(teacher, temp_c)  # (N, C, H, W)
+    # alpha * L_fg + beta * L_bg in one pass: both weigh the same squared error.
+    mask = alpha * normalise_per_image(fg_weight) + beta * normalise_per_image(bg_weight)
+    weighted = (student - teacher).pow(2) * att_c_t * (att_s_t * mask)[:, None]
     _, _, h, w = student.shape
-    att_loss = ((channel_attention(student, temp_c) - att_c_t).abs().sum() / (n * h * w)
-                + (spatial_attention(student, temp_s) - att_s_t).abs().sum() / n)
-    return loss_weight * (alpha * fg + beta * bg) + delta * att_loss
+    att_loss = (channel_attention(student, temp_c) - att_c_t).abs().sum() / (n * h * w) + (
+        spatial_attention(student, temp_s) - att_s_t
+    ).abs().sum() / n
+    return loss_weight * weighted.sum() / n + delta * att_loss
 
 
-def pgd_reg_loss(student: Tensor, teacher: Tensor, fg_weight: Tensor, *, temp: float,
-                 gamma: float, delta: float) -> Tensor:
+def pgd_reg_loss(
+    student: Tensor, teacher: Tensor, fg_weight: Tensor, *, temp: float, gamma: float, delta: float
+) -> Tensor:
     """Regression-branch loss of one level, at the P locations where the map is > 0.
 
     ``gamma * mean_P(R * mean_c(A(T) (S - T)^2)) + delta * sum |A(S) - A(T)| / P``
@@ -114,13 +127,13 @@ def pgd_reg_loss(student: Tensor, teacher: Tensor, fg_weight: Tensor, *, temp: f
         Tensor[] (scalar).
     """
     _check_pair(student, teacher, fg_weight)
-    keep = fg_weight > 0                                    # (N, H, W)
+    keep = fg_weight > 0  # (N, H, W)
     p = int(keep.sum())
     if p == 0:
         return student.sum() * 0.0
-    s = student.permute(0, 2, 3, 1)[keep]                   # (P, C)
+    s = student.permute(0, 2, 3, 1)[keep]  # (P, C)
     t = teacher.detach().permute(0, 2, 3, 1)[keep]
-    r = fg_weight[keep]                                     # (P,)
+    r = fg_weight[keep]  # (P,)
     c = s.shape[1]
     att_t = c * (t.abs() / temp).softmax(dim=1)
     att_s = c * (s.abs() / temp).softmax(dim=1)

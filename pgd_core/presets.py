@@ -31,20 +31,29 @@ PAPER_COCO_AP: dict[str, tuple[float, float, float]] = {
 }
 
 _COCO = DataSpec(name="coco")
-_COCO_MS = DataSpec(name="coco", multiscale_short=(480, 512, 544, 576, 608, 640, 672, 704,
-                                                    736, 768, 800))
+_COCO_MS = DataSpec(
+    name="coco", multiscale_short=(480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+)
 _CROWDHUMAN = DataSpec(name="crowdhuman", img_scale=(1400, 800))
 _R50 = ModelSpec(depth=50, pretrained="resnet50")
 _R101 = ModelSpec(depth=101, pretrained="resnet101")
 _STUDENT_1X = ScheduleSpec()
 _TEACHER_3X = ScheduleSpec(max_iters=270_000, milestones=(210_000, 250_000))
 
-_TINY_MODEL = ModelSpec(depth=18, base_channels=16, neck_channels=32, head_channels=32,
-                        stacked_convs=2, use_dcn=False)
+_TINY_MODEL = ModelSpec(
+    depth=18, base_channels=16, neck_channels=32, head_channels=32, stacked_convs=2, use_dcn=False
+)
 _TINY_DATA = DataSpec(name="shapes", img_scale=(160, 160))
-_TINY_SCHEDULE = ScheduleSpec(max_iters=20, batch_size=4, lr=0.01, warmup_iters=5,
-                              milestones=(15,), checkpoint_interval=10, log_interval=5,
-                              num_workers=0)
+_TINY_SCHEDULE = ScheduleSpec(
+    max_iters=20,
+    batch_size=4,
+    lr=0.01,
+    warmup_iters=5,
+    milestones=(15,),
+    checkpoint_interval=10,
+    log_interval=5,
+    num_workers=0,
+)
 
 
 def paper_distill(detector: str, *, alpha: float | None = None) -> DistillSpec:
@@ -56,23 +65,42 @@ def paper_distill(detector: str, *, alpha: float | None = None) -> DistillSpec:
 def _paper_presets() -> dict[str, RunSpec]:
     out: dict[str, RunSpec] = {}
     for det in PAPER_HYPER:
-        out[f"coco-{det}-teacher"] = RunSpec(kind="train", detector=det, dataset=_COCO_MS,
-                                             student=_R101, schedule=_TEACHER_3X)
-        out[f"coco-{det}-student"] = RunSpec(kind="train", detector=det, dataset=_COCO,
-                                             student=_R50, schedule=_STUDENT_1X)
-        out[f"coco-{det}-pgd"] = RunSpec(kind="distill", detector=det, dataset=_COCO,
-                                         student=_R50, teacher=_R101, method="pgd",
-                                         distill=paper_distill(det), schedule=_STUDENT_1X)
+        out[f"coco-{det}-teacher"] = RunSpec(
+            kind="train", detector=det, dataset=_COCO_MS, student=_R101, schedule=_TEACHER_3X
+        )
+        out[f"coco-{det}-student"] = RunSpec(
+            kind="train", detector=det, dataset=_COCO, student=_R50, schedule=_STUDENT_1X
+        )
+        out[f"coco-{det}-pgd"] = RunSpec(
+            kind="distill",
+            detector=det,
+            dataset=_COCO,
+            student=_R50,
+            teacher=_R101,
+            method="pgd",
+            distill=paper_distill(det),
+            schedule=_STUDENT_1X,
+        )
     out["crowdhuman-ddod-teacher"] = RunSpec(
-        kind="train", detector="ddod", student=_R101, schedule=_TEACHER_3X,
-        dataset=_CROWDHUMAN.model_copy(update={"multiscale_short": (640, 672, 704, 736, 768,
-                                                                    800)}))
-    out["crowdhuman-ddod-student"] = RunSpec(kind="train", detector="ddod", dataset=_CROWDHUMAN,
-                                             student=_R50, schedule=_STUDENT_1X)
+        kind="train",
+        detector="ddod",
+        student=_R101,
+        schedule=_TEACHER_3X,
+        dataset=_CROWDHUMAN.model_copy(update={"multiscale_short": (640, 672, 704, 736, 768, 800)}),
+    )
+    out["crowdhuman-ddod-student"] = RunSpec(
+        kind="train", detector="ddod", dataset=_CROWDHUMAN, student=_R50, schedule=_STUDENT_1X
+    )
     out["crowdhuman-ddod-pgd"] = RunSpec(
-        kind="distill", detector="ddod", dataset=_CROWDHUMAN, student=_R50, teacher=_R101,
-        method="pgd", distill=paper_distill("ddod", alpha=CROWDHUMAN_DDOD_ALPHA),
-        schedule=_STUDENT_1X)
+        kind="distill",
+        detector="ddod",
+        dataset=_CROWDHUMAN,
+        student=_R50,
+        teacher=_R101,
+        method="pgd",
+        distill=paper_distill("ddod", alpha=CROWDHUMAN_DDOD_ALPHA),
+        schedule=_STUDENT_1X,
+    )
     return out
 
 
@@ -80,13 +108,26 @@ def _tiny_presets() -> dict[str, RunSpec]:
     out: dict[str, RunSpec] = {}
     teacher = _TINY_MODEL.model_copy(update={"depth": 34})
     for det in PAPER_HYPER:
-        out[f"tiny-{det}-teacher"] = RunSpec(kind="train", detector=det, dataset=_TINY_DATA,
-                                             student=teacher, schedule=_TINY_SCHEDULE)
-        out[f"tiny-{det}-student"] = RunSpec(kind="train", detector=det, dataset=_TINY_DATA,
-                                             student=_TINY_MODEL, schedule=_TINY_SCHEDULE)
-        out[f"tiny-{det}-pgd"] = RunSpec(kind="distill", detector=det, dataset=_TINY_DATA,
-                                         student=_TINY_MODEL, teacher=teacher, method="pgd",
-                                         distill=paper_distill(det), schedule=_TINY_SCHEDULE)
+        out[f"tiny-{det}-teacher"] = RunSpec(
+            kind="train", detector=det, dataset=_TINY_DATA, student=teacher, schedule=_TINY_SCHEDULE
+        )
+        out[f"tiny-{det}-student"] = RunSpec(
+            kind="train",
+            detector=det,
+            dataset=_TINY_DATA,
+            student=_TINY_MODEL,
+            schedule=_TINY_SCHEDULE,
+        )
+        out[f"tiny-{det}-pgd"] = RunSpec(
+            kind="distill",
+            detector=det,
+            dataset=_TINY_DATA,
+            student=_TINY_MODEL,
+            teacher=teacher,
+            method="pgd",
+            distill=paper_distill(det),
+            schedule=_TINY_SCHEDULE,
+        )
     return out
 
 

@@ -20,6 +20,38 @@ INSIDE_EPS = 1e-10
 COV_RIDGE = 1e-3
 
 
+def _iou_gt_major(boxes: Tensor, gt_boxes: Tensor) -> Tensor:
+    """IoU laid out GT-major: boxes Tensor[B, N, 4], GTs Tensor[B, G, 4] -> Tensor[B, G, N].
+
+    GT-major so that top-K over priors runs along contiguous memory; with tens of
+    thousands of priors and hundreds of GTs these G x N passes are the cost,
+    hence the in-place arithmetic.
+    """
+    bx1, by1, bx2, by2 = (c[:, None, :] for c in boxes.permute(2, 0, 1).contiguous())
+    gx1, gy1, gx2, gy2 = (c[..., None] for c in gt_boxes.unbind(-1))
+    iw = torch.minimum(gx2, bx2).sub_(torch.maximum(gx1, bx1)).clamp_(min=0)
+    ih = torch.minimum(gy2, by2).sub_(torch.maximum(gy1, by1)).clamp_(min=0)
+    inter = iw.mul_(ih)
+    area_b = (bx2 - bx1).clamp_(min=0) * (by2 - by1).clamp_(min=0)
+    area_g = (gx2 - gx1).clamp_(min=0) * (gy2 - gy1).clamp_(min=0)
+    # An empty union has an empty intersection: 0 / tiny = 0.
+    union = (area_g + area_b).sub_(inter).clamp_(min=torch.finfo(inter.dtype).tiny)
+    return inter.div_(union)
+
+
+def _inside_gt_major(centers: Tensor, gt_boxes: Tensor) -> Tensor:
+    """Strict inside test: centres Tensor[..., N, 2] or [N, 2], GTs Tensor[B, G, 4] ->
+    Tensor[B, G, N] (bool) with margin INSIDE_EPS."""
+    x, y = centers[..., 0], centers[..., 1]
+    box = gt_boxes[..., None]  # (B, G, 4, 1)
+    return (
+        (x - box[:, :, 0] > INSIDE_EPS)
+        & (y - box[:, :, 1] > INSIDE_EPS)
+        & (box[:, :, 2] - x > INSIDE_EPS)
+        & (box[:, :, 3] - y > INSIDE_EPS)
+    )
+
+
 def pairwise_iou(boxes: Tensor, gt_boxes: Tensor) -> Tensor:
     """IoU of every box with every GT.
 
@@ -30,14 +62,7 @@ def pairwise_iou(boxes: Tensor, gt_boxes: Tensor) -> Tensor:
     Returns:
         Tensor[N, G]: IoU in [0, 1]; 0 where the union is empty.
     """
-    lt = torch.maximum(boxes[:, None, :2], gt_boxes[None, :, :2])
-    rb = torch.minimum(boxes[:, None, 2:], gt_boxes[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_b = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(-1)
-    area_g = (gt_boxes[:, 2:] - gt_boxes[:, :2]).clamp(min=0).prod(-1)
-    union = area_b[:, None] + area_g[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny),
-                       torch.zeros_like(inter))
+    return _iou_gt_major(boxes[None], gt_boxes[None])[0].t()
 
 
 def inside_mask(centers: Tensor, gt_boxes: Tensor) -> Tensor:
@@ -50,85 +75,115 @@ def inside_mask(centers: Tensor, gt_boxes: Tensor) -> Tensor:
     Returns:
         Tensor[N, G] (bool).
     """
-    x = centers[:, 0:1]
-    y = centers[:, 1:2]
-    return ((x - gt_boxes[None, :, 0] > INSIDE_EPS)
-            & (y - gt_boxes[None, :, 1] > INSIDE_EPS)
-            & (gt_boxes[None, :, 2] - x > INSIDE_EPS)
-            & (gt_boxes[None, :, 3] - y > INSIDE_EPS))
+    return _inside_gt_major(centers, gt_boxes[None])[0].t()
 
 
-def prediction_quality(cls_logits: Tensor, boxes: Tensor, gt_boxes: Tensor,
-                       gt_labels: Tensor, alpha: float) -> Tensor:
-    """Step 1: ``q_ij = sigmoid(s_i[c_j]) ** (1 - alpha) * IoU(b_i, g_j) ** alpha``.
-
-    Args:
-        cls_logits (Tensor[N, C]), boxes (Tensor[N, 4]), gt_boxes (Tensor[G, 4]),
-        gt_labels (Tensor[G], int64): as in :func:`prediction_guided_weights`.
-
-    Returns:
-        Tensor[N, G].
-    """
-    scores = cls_logits.sigmoid()[:, gt_labels]
-    return scores.pow(1.0 - alpha) * pairwise_iou(boxes, gt_boxes).pow(alpha)
-
-
-def _log_quality(cls_logits: Tensor, boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
-                 alpha: float) -> Tensor:
-    """``log q`` laid out GT-major, Tensor[G, N]: the same ranking as ``q`` for top-K.
-
-    Log space turns two powers per (GT, prior) pair into one log, and the
-    GT-major layout makes top-K run along contiguous memory; with tens of
-    thousands of priors and hundreds of GTs these N x G passes are the cost.
-    """
-    bx1, by1, bx2, by2 = boxes.t().contiguous()
-    gx1, gy1, gx2, gy2 = (c[:, None] for c in gt_boxes.t())
-    iw = torch.minimum(gx2, bx2).sub_(torch.maximum(gx1, bx1)).clamp_(min=0)
-    ih = torch.minimum(gy2, by2).sub_(torch.maximum(gy1, by1)).clamp_(min=0)
-    inter = iw.mul_(ih)
-    area_b = (bx2 - bx1).clamp_(min=0) * (by2 - by1).clamp_(min=0)
-    area_g = (gx2 - gx1).clamp_(min=0) * (gy2 - gy1).clamp_(min=0)
-    union = (area_g + area_b).sub_(inter).clamp_(min=torch.finfo(inter.dtype).tiny)
-    log_iou = inter.div_(union).log_()                      # -inf where boxes miss
-    if alpha == 1.0:
+def _log_quality(log_iou: Tensor, log_scores: Tensor, alpha: float) -> Tensor:
+    """``log q = (1 - a) log sigmoid(s) + a log IoU`` (same top-K as ``q``), Tensor[B, G, N]."""
+    if alpha == 1.0:  # avoid 0 * -inf
         return log_iou
-    log_scores = F.logsigmoid(cls_logits).t()[gt_labels]    # (G, N)
     if alpha == 0.0:
         return log_scores
-    return log_scores.mul_(1.0 - alpha).add_(log_iou, alpha=alpha)
+    return torch.add(log_scores * (1.0 - alpha), log_iou, alpha=alpha)
 
 
-def _gaussian_of_selected(centers: Tensor, topk_idx: Tensor) -> Tensor:
-    """Step 3: unnormalised 2-D Gaussian fitted to the selected centres of each GT.
+def _gaussian_of_selected(picked: Tensor) -> Tensor:
+    """Step 3: unnormalised 2-D Gaussian fitted to the K selected centres of each GT.
 
     Args:
-        centers (Tensor[N, 2]): all prior centres.
-        topk_idx (Tensor[K, G]): indices of the K selected priors of each GT.
+        picked (Tensor[..., K, 2]): the selected centres of each GT.
 
     Returns:
-        Tensor[K, G]: ``exp(-0.5 * Mahalanobis^2)`` of each selected prior to its
-        GT's fit (the weight is only ever used there), in the dtype of ``centers``.
+        Tensor[..., K]: ``exp(-0.5 * Mahalanobis^2)`` of each selected centre to its
+        GT's fit (the weight is only ever used there), in the dtype of ``picked``.
     """
-    k = topk_idx.shape[0]
+    k = picked.shape[-2]
     # float64: when the selected centres are (nearly) collinear off the axes,
     # Sigma's condition number is about var / ridge ~ 1e7, and the 2x2 closed
     # form cancels catastrophically in float32 (weights off by up to ~0.25).
-    picked = centers[topk_idx].double()                     # (K, G, 2)
-    dev = picked - picked.mean(dim=0)
-    dx, dy = dev[..., 0], dev[..., 1]                       # (K, G)
+    pts = picked.double()
+    dev = pts - pts.mean(dim=-2, keepdim=True)
+    dx, dy = dev[..., 0], dev[..., 1]  # (..., K)
     # Population covariance (1/K), plus the ridge, written out for 2x2.
-    sxx = (dx * dx).sum(0) / k + COV_RIDGE
-    syy = (dy * dy).sum(0) / k + COV_RIDGE
-    sxy = (dx * dy).sum(0) / k
+    sxx = (dx * dx).sum(-1, keepdim=True) / k + COV_RIDGE
+    syy = (dy * dy).sum(-1, keepdim=True) / k + COV_RIDGE
+    sxy = (dx * dy).sum(-1, keepdim=True) / k
     det = sxx * syy - sxy * sxy
     maha = (syy * dx * dx - 2.0 * sxy * dx * dy + sxx * dy * dy) / det
-    return torch.exp(-0.5 * maha).to(centers.dtype)
+    return torch.exp(-0.5 * maha).to(picked.dtype)
 
 
-def prediction_guided_weights(centers: Tensor, cls_logits: Tensor, boxes: Tensor,
-                              gt_boxes: Tensor, gt_labels: Tensor, *, alpha: float,
-                              topk: int, low_bound: float = 0.0,
-                              gaussian: bool = True) -> Tensor:
+def batched_prediction_guided_weights(
+    centers: Tensor,
+    cls_logits: Tensor,
+    boxes: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_valid: Tensor,
+    *,
+    alphas: tuple[float, ...],
+    topk: int,
+    low_bound: float = 0.0,
+    gaussian: bool = True,
+) -> Tensor:
+    """Steps 1-5 for a batch of images and several quality exponents at once.
+
+    Images carry different numbers of GTs, so GTs are padded to the batch's
+    largest count and ``gt_valid`` marks the real ones. The IoU and the
+    log-scores are shared by all exponents (the cls and reg maps differ only there).
+
+    Args:
+        centers (Tensor[N, 2]): prior centres (x, y), shared by the batch.
+        cls_logits (Tensor[B, N, C]): teacher classification logits.
+        boxes (Tensor[B, N, 4]): teacher boxes (x1, y1, x2, y2).
+        gt_boxes (Tensor[B, G, 4]), gt_labels (Tensor[B, G], int64): padded GTs.
+        gt_valid (Tensor[B, G], bool): False on padding.
+        alphas: one quality exponent per output map.
+        topk, low_bound, gaussian: as in :func:`prediction_guided_weights`.
+
+    Returns:
+        Tensor[len(alphas), B, N] in float32 or wider.
+    """
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    n = centers.shape[0]
+    b, g = gt_labels.shape
+    # Half precision underflows in the Mahalanobis term; work in float32 at least.
+    work = torch.promote_types(centers.dtype, torch.float32)
+    out = centers.new_zeros((len(alphas), b, n), dtype=work)
+    if g == 0 or n == 0:
+        return out
+    centers, gt_boxes = centers.to(work), gt_boxes.to(work)
+    log_iou = _iou_gt_major(boxes.to(work), gt_boxes).log_()  # -inf where the boxes miss
+    labels = gt_labels.clamp(min=0)[..., None].expand(b, g, n)
+    log_scores = F.logsigmoid(cls_logits.to(work)).transpose(1, 2).gather(1, labels)
+    k = min(topk, n)
+    for index, alpha in enumerate(alphas):
+        topk_idx = _log_quality(log_iou, log_scores, alpha).topk(k, dim=-1).indices
+        picked = centers[topk_idx]  # (B, G, K, 2)
+        # Only the K selected priors of each GT can carry weight: work on (B, G, K).
+        weight = (
+            _gaussian_of_selected(picked) if gaussian and k > 1 else picked.new_ones(topk_idx.shape)
+        )
+        inside = _inside_gt_major(picked, gt_boxes) & gt_valid[..., None]
+        out[index].scatter_reduce_(
+            1, topk_idx.reshape(b, -1), (weight * inside).reshape(b, -1), reduce="amax"
+        )
+    return torch.where(out < low_bound, torch.zeros_like(out), out)
+
+
+def prediction_guided_weights(
+    centers: Tensor,
+    cls_logits: Tensor,
+    boxes: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    *,
+    alpha: float,
+    topk: int,
+    low_bound: float = 0.0,
+    gaussian: bool = True,
+) -> Tensor:
     """Per-prior distillation weight from the teacher's predictions (steps 1-5).
 
     Args:
@@ -145,34 +200,34 @@ def prediction_guided_weights(centers: Tensor, cls_logits: Tensor, boxes: Tensor
     Returns:
         Tensor[N]: weights in [0, 1], on the device and dtype of ``centers``.
     """
-    if topk < 1:
-        raise ValueError(f"topk must be >= 1, got {topk}")
-    n, g = centers.shape[0], gt_boxes.shape[0]
-    if g == 0 or n == 0:
-        return centers.new_zeros(n)
-    out_dtype = centers.dtype
-    # Half precision underflows in the Mahalanobis term; work in float32 at least.
-    work = torch.promote_types(out_dtype, torch.float32)
-    centers, cls_logits = centers.to(work), cls_logits.to(work)
-    boxes, gt_boxes = boxes.to(work), gt_boxes.to(work)
+    weights = batched_prediction_guided_weights(
+        centers,
+        cls_logits[None],
+        boxes[None],
+        gt_boxes[None],
+        gt_labels[None],
+        torch.ones_like(gt_labels, dtype=torch.bool)[None],
+        alphas=(alpha,),
+        topk=topk,
+        low_bound=low_bound,
+        gaussian=gaussian,
+    )
+    return weights[0, 0].to(centers.dtype)
 
-    k = min(topk, n)
-    log_q = _log_quality(cls_logits, boxes, gt_boxes, gt_labels, alpha)
-    topk_idx = log_q.topk(k, dim=1).indices.t()             # (K, G)
-    # Only the K selected priors of each GT can carry weight: work on (K, G).
-    if gaussian and k > 1:
-        selected = _gaussian_of_selected(centers, topk_idx)
-    else:
-        selected = centers.new_ones(topk_idx.shape)
-    picked = centers[topk_idx]                              # (K, G, 2)
-    inside = ((picked[..., 0] - gt_boxes[:, 0] > INSIDE_EPS)
-              & (picked[..., 1] - gt_boxes[:, 1] > INSIDE_EPS)
-              & (gt_boxes[:, 2] - picked[..., 0] > INSIDE_EPS)
-              & (gt_boxes[:, 3] - picked[..., 1] > INSIDE_EPS))
-    weights = centers.new_zeros(n).scatter_reduce_(
-        0, topk_idx.reshape(-1), (selected * inside).reshape(-1), reduce="amax")
-    weights = torch.where(weights < low_bound, torch.zeros_like(weights), weights)
-    return weights.to(out_dtype)
+
+def batched_background_mask(centers: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> Tensor:
+    """Step 6 for a batch with padded GTs: 1 where a centre is strictly inside no real GT.
+
+    Args:
+        centers (Tensor[N, 2]): prior centres (x, y), shared by the batch.
+        gt_boxes (Tensor[B, G, 4]): padded GT boxes (x1, y1, x2, y2).
+        gt_valid (Tensor[B, G], bool): False on padding.
+
+    Returns:
+        Tensor[B, N]: 0/1 in the dtype of ``centers``.
+    """
+    inside = _inside_gt_major(centers, gt_boxes.to(centers.dtype)) & gt_valid[..., None]
+    return (~inside.any(dim=1)).to(centers.dtype)
 
 
 def background_mask(centers: Tensor, gt_boxes: Tensor) -> Tensor:
@@ -185,18 +240,5 @@ def background_mask(centers: Tensor, gt_boxes: Tensor) -> Tensor:
     Returns:
         Tensor[N]: 0/1 in the dtype of ``centers``; all ones when G = 0.
     """
-    if gt_boxes.shape[0] == 0:
-        return centers.new_ones(centers.shape[0])
-    return (~inside_mask(centers, gt_boxes.to(centers.dtype)).any(dim=1)).to(centers.dtype)
-
-
-def box_foreground_mask(centers: Tensor, gt_boxes: Tensor) -> Tensor:
-    """1 where a prior's centre lies strictly inside any GT box (the ``fgd_box`` baseline).
-
-    Args:
-        centers (Tensor[N, 2]), gt_boxes (Tensor[G, 4]).
-
-    Returns:
-        Tensor[N]: 0/1 in the dtype of ``centers``.
-    """
-    return 1.0 - background_mask(centers, gt_boxes)
+    valid = gt_boxes.new_ones(gt_boxes.shape[0], dtype=torch.bool)
+    return batched_background_mask(centers, gt_boxes[None], valid[None])[0]

@@ -27,8 +27,14 @@ from pgd_core.datasets import load_dataset_info
 from pgd_core.spec import RunSpec
 
 #: mmdet's metric names to the short names the project reports (percent).
-_COCO_KEYS = {"bbox_mAP": "AP", "bbox_mAP_50": "AP50", "bbox_mAP_75": "AP75",
-              "bbox_mAP_s": "APs", "bbox_mAP_m": "APm", "bbox_mAP_l": "APl"}
+_COCO_KEYS = {
+    "bbox_mAP": "AP",
+    "bbox_mAP_50": "AP50",
+    "bbox_mAP_75": "AP75",
+    "bbox_mAP_s": "APs",
+    "bbox_mAP_m": "APm",
+    "bbox_mAP_l": "APl",
+}
 _CROWDHUMAN_KEYS = {"mAP": "AP", "mMR": "MR", "JI": "JI"}
 
 
@@ -81,8 +87,9 @@ class CallbackHook(Hook):
         self.stopped = False
         self.val_metrics: dict[str, float] = {}
 
-    def after_train_iter(self, runner: Runner, batch_idx: int, data_batch: Any = None,
-                         outputs: dict | None = None) -> None:
+    def after_train_iter(
+        self, runner: Runner, batch_idx: int, data_batch: Any = None, outputs: dict | None = None
+    ) -> None:
         it = runner.iter + 1
         values = {k: float(v) for k, v in (outputs or {}).items()}
         for name, value in values.items():
@@ -102,15 +109,17 @@ class CallbackHook(Hook):
     def after_val_epoch(self, runner: Runner, metrics: dict[str, float] | None = None) -> None:
         self.val_metrics = normalise_metrics(metrics or {})
         if self.callbacks.on_metrics and self.val_metrics:
-            self.callbacks.on_metrics(runner.iter, {f"val/{k}": v
-                                                    for k, v in self.val_metrics.items()})
+            self.callbacks.on_metrics(
+                runner.iter, {f"val/{k}": v for k, v in self.val_metrics.items()}
+            )
 
 
 def save_and_mark_last(runner: Runner) -> Path:
     """Save the current iteration's checkpoint and point ``last_checkpoint`` at it."""
     name = f"iter_{runner.iter + 1}.pth"
-    runner.save_checkpoint(runner.work_dir, name, save_optimizer=True,
-                           save_param_scheduler=True)
+    runner.save_checkpoint(
+        runner.work_dir, name, save_optimizer=True, save_param_scheduler=True, by_epoch=False
+    )
     path = Path(runner.work_dir) / name
     (Path(runner.work_dir) / "last_checkpoint").write_text(str(path))
     return path
@@ -140,18 +149,25 @@ def _resolve_weights(weights_root: str | os.PathLike | None, name: str | None) -
     if name is None:
         return None
     if weights_root is None:
-        raise FileNotFoundError(f"backbone weights '{name}' were asked for but no weights "
-                                "root is configured")
+        raise FileNotFoundError(
+            f"backbone weights '{name}' were asked for but no weights root is configured"
+        )
     path = Path(weights_root) / f"{name}.pth"
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights '{name}' not found: {path} does not exist")
     return str(path)
 
 
-def build_runner(spec: RunSpec, work_dir: str | os.PathLike, *, data_root: str | os.PathLike,
-                 weights_root: str | os.PathLike | None = None,
-                 teacher_checkpoint: str | os.PathLike | None = None,
-                 checkpoint: str | os.PathLike | None = None, resume: bool = True) -> Runner:
+def build_runner(
+    spec: RunSpec,
+    work_dir: str | os.PathLike,
+    *,
+    data_root: str | os.PathLike,
+    weights_root: str | os.PathLike | None = None,
+    teacher_checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = True,
+) -> Runner:
     """An mmengine Runner for ``spec`` (files are checked before anything is built)."""
     info = load_dataset_info(data_root, spec.dataset.name)
     for what, path in (("teacher checkpoint", teacher_checkpoint), ("checkpoint", checkpoint)):
@@ -163,21 +179,31 @@ def build_runner(spec: RunSpec, work_dir: str | os.PathLike, *, data_root: str |
         raise ValueError("an evaluate run needs the checkpoint to evaluate")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    cfg = runner_cfg(spec, info, work,
-                     pretrained=_resolve_weights(weights_root, spec.student.pretrained),
-                     teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
-                     checkpoint=str(checkpoint) if checkpoint else None,
-                     resume=resume and last_checkpoint(work) is not None)
+    cfg = runner_cfg(
+        spec,
+        info,
+        work,
+        pretrained=_resolve_weights(weights_root, spec.student.pretrained),
+        teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        resume=resume and last_checkpoint(work) is not None,
+    )
     # A unique name: mmengine keys its logger and visualizer singletons by it.
     cfg["experiment_name"] = f"{spec.kind}-{spec.detector}-{time.time_ns()}"
     return Runner.from_cfg(Config(cfg))
 
 
-def run_spec(spec: RunSpec, work_dir: str | os.PathLike, *, data_root: str | os.PathLike,
-             weights_root: str | os.PathLike | None = None,
-             teacher_checkpoint: str | os.PathLike | None = None,
-             checkpoint: str | os.PathLike | None = None, resume: bool = True,
-             callbacks: RunCallbacks | None = None) -> RunResult:
+def run_spec(
+    spec: RunSpec,
+    work_dir: str | os.PathLike,
+    *,
+    data_root: str | os.PathLike,
+    weights_root: str | os.PathLike | None = None,
+    teacher_checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = True,
+    callbacks: RunCallbacks | None = None,
+) -> RunResult:
     """Train, distil or evaluate ``spec`` in ``work_dir``; evaluation closes every training.
 
     Args:
@@ -195,18 +221,26 @@ def run_spec(spec: RunSpec, work_dir: str | os.PathLike, *, data_root: str | os.
         FileNotFoundError, DatasetError, ValueError: missing or bad inputs.
     """
     callbacks = callbacks or RunCallbacks()
-    runner = build_runner(spec, work_dir, data_root=data_root, weights_root=weights_root,
-                          teacher_checkpoint=teacher_checkpoint, checkpoint=checkpoint,
-                          resume=resume)
+    runner = build_runner(
+        spec,
+        work_dir,
+        data_root=data_root,
+        weights_root=weights_root,
+        teacher_checkpoint=teacher_checkpoint,
+        checkpoint=checkpoint,
+        resume=resume,
+    )
     hook = CallbackHook(callbacks)
     runner.register_hook(hook)
     if spec.kind == "evaluate":
         metrics = normalise_metrics(runner.test())
         if callbacks.on_metrics and metrics:
             callbacks.on_metrics(0, {f"val/{k}": v for k, v in metrics.items()})
-        return RunResult("completed", 0, metrics, Path(checkpoint) if checkpoint else None,
-                         Path(work_dir))
+        return RunResult(
+            "completed", 0, metrics, Path(checkpoint) if checkpoint else None, Path(work_dir)
+        )
     runner.train()
     status: Literal["completed", "stopped"] = "stopped" if hook.stopped else "completed"
-    return RunResult(status, runner.iter, hook.val_metrics, last_checkpoint(Path(work_dir)),
-                     Path(work_dir))
+    return RunResult(
+        status, runner.iter, hook.val_metrics, last_checkpoint(Path(work_dir)), Path(work_dir)
+    )

@@ -42,10 +42,13 @@ class ModelSpec(_Frozen):
     stacked_convs: int = Field(4, ge=1, le=8)
     use_dcn: bool = Field(True, description="DDOD only: deformable first tower conv")
     pretrained: str | None = Field(
-        None, pattern=_NAME_PATTERN,
-        description="name of an ImageNet backbone checkpoint under the weights root")
+        None,
+        pattern=_NAME_PATTERN,
+        description="name of an ImageNet backbone checkpoint under the weights root",
+    )
     num_classes: PositiveInt | None = Field(
-        None, description="defaults to the dataset's class count")
+        None, description="defaults to the dataset's class count"
+    )
 
 
 class DataSpec(_Frozen):
@@ -56,7 +59,8 @@ class DataSpec(_Frozen):
     val_split: str = Field("val", pattern=_NAME_PATTERN)
     img_scale: tuple[PositiveInt, PositiveInt] = Field((1333, 800), description="(long, short)")
     multiscale_short: tuple[PositiveInt, ...] | None = Field(
-        None, description="short sides sampled at training time (multi-scale training)")
+        None, description="short sides sampled at training time (multi-scale training)"
+    )
 
 
 class ScheduleSpec(_Frozen):
@@ -80,8 +84,10 @@ class ScheduleSpec(_Frozen):
         if list(self.milestones) != sorted(set(self.milestones)):
             raise ValueError("schedule.milestones must be strictly increasing")
         if self.milestones and self.milestones[-1] > self.max_iters:
-            raise ValueError(f"schedule.milestones end at {self.milestones[-1]}, "
-                             f"after schedule.max_iters = {self.max_iters}")
+            raise ValueError(
+                f"schedule.milestones end at {self.milestones[-1]}, "
+                f"after schedule.max_iters = {self.max_iters}"
+            )
         return self
 
 
@@ -113,8 +119,10 @@ class DistillSpec(_Frozen):
     @model_validator(mode="after")
     def _one_weight_per_level(self) -> DistillSpec:
         if len(self.level_weights) != len(STRIDES):
-            raise ValueError(f"distill.level_weights needs {len(STRIDES)} values (P3..P7), "
-                             f"got {len(self.level_weights)}")
+            raise ValueError(
+                f"distill.level_weights needs {len(STRIDES)} values (P3..P7), "
+                f"got {len(self.level_weights)}"
+            )
         return self
 
 
@@ -127,10 +135,13 @@ class RunSpec(_Frozen):
     student: ModelSpec = ModelSpec()
     teacher: ModelSpec | None = None
     teacher_ref: str | None = Field(
-        None, pattern=_NAME_PATTERN,
-        description="finished job id or registered checkpoint name of the teacher")
+        None,
+        pattern=_NAME_PATTERN,
+        description="finished job id or registered checkpoint name of the teacher",
+    )
     checkpoint_ref: str | None = Field(
-        None, pattern=_NAME_PATTERN, description="evaluate: the checkpoint to evaluate")
+        None, pattern=_NAME_PATTERN, description="evaluate: the checkpoint to evaluate"
+    )
     method: Method = "none"
     distill: DistillSpec | None = None
     schedule: ScheduleSpec = ScheduleSpec()
@@ -174,31 +185,45 @@ def _problems(spec: RunSpec) -> list[str]:
     return problems
 
 
-def _pairing_problems(detector: str, student: ModelSpec, teacher: ModelSpec,
-                      distill: DistillSpec) -> list[str]:
+def _pairing_problems(
+    detector: str, student: ModelSpec, teacher: ModelSpec, distill: DistillSpec
+) -> list[str]:
     problems = []
     if student.head_channels != teacher.head_channels and not distill.adapter:
         problems.append(
             f"student.head_channels: {student.head_channels} differs from teacher.head_channels "
-            f"{teacher.head_channels}; set distill.adapter to true to distil through a 1x1 conv")
-    if (student.num_classes is not None and teacher.num_classes is not None
-            and student.num_classes != teacher.num_classes):
-        problems.append(f"student.num_classes: {student.num_classes} differs from "
-                        f"teacher.num_classes {teacher.num_classes}")
+            f"{teacher.head_channels}; set distill.adapter to true to distil through a 1x1 conv"
+        )
+    if (
+        student.num_classes is not None
+        and teacher.num_classes is not None
+        and student.num_classes != teacher.num_classes
+    ):
+        problems.append(
+            f"student.num_classes: {student.num_classes} differs from "
+            f"teacher.num_classes {teacher.num_classes}"
+        )
     layers = min(student.stacked_convs, teacher.stacked_convs)
     if distill.tower_layer >= layers:
-        problems.append(f"distill.tower_layer: {distill.tower_layer} is outside the towers "
-                        f"(student {student.stacked_convs}, teacher {teacher.stacked_convs} convs)")
-    if distill.init_student and (backbone_out_channels(student) != backbone_out_channels(teacher)
-                                 or student.neck_channels != teacher.neck_channels
-                                 or student.head_channels != teacher.head_channels
-                                 or student.stacked_convs != teacher.stacked_convs
-                                 or student.use_dcn != teacher.use_dcn and detector == "ddod"):
-        problems.append("distill.init_student: the student's neck and head must have the "
-                        "teacher's shape to start from its weights (backbone outputs "
-                        f"{backbone_out_channels(student)} vs {backbone_out_channels(teacher)}, "
-                        "neck_channels, head_channels, stacked_convs, use_dcn); "
-                        "set it to false")
+        problems.append(
+            f"distill.tower_layer: {distill.tower_layer} is outside the towers "
+            f"(student {student.stacked_convs}, teacher {teacher.stacked_convs} convs)"
+        )
+    if distill.init_student and (
+        backbone_out_channels(student) != backbone_out_channels(teacher)
+        or student.neck_channels != teacher.neck_channels
+        or student.head_channels != teacher.head_channels
+        or student.stacked_convs != teacher.stacked_convs
+        or student.use_dcn != teacher.use_dcn
+        and detector == "ddod"
+    ):
+        problems.append(
+            "distill.init_student: the student's neck and head must have the "
+            "teacher's shape to start from its weights (backbone outputs "
+            f"{backbone_out_channels(student)} vs {backbone_out_channels(teacher)}, "
+            "neck_channels, head_channels, stacked_convs, use_dcn); "
+            "set it to false"
+        )
     return problems
 
 

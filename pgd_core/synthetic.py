@@ -395,8 +395,16 @@ def make_coco_shapes(
         tmp.chmod(0o755)  # mkdtemp creates 0700; the API server must read it
         for split_index, split in enumerate(_SPLITS):
             _write_split(
-                tmp, split_index, split, counts[split], seed=seed, width=width, height=height,
-                classes=classes, max_objects=max_objects, min_size=min_size,
+                tmp,
+                split_index,
+                split,
+                counts[split],
+                seed=seed,
+                width=width,
+                height=height,
+                classes=classes,
+                max_objects=max_objects,
+                min_size=min_size,
             )
         splits = {
             s: {"ann_file": f"annotations/{s}.json", "img_dir": f"images/{s}"} for s in _SPLITS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
+from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 
 import pgd_core.distiller  # noqa: F401  (registers PGDDistiller)
@@ -21,16 +22,19 @@ def tiny_spec(detector: str, method: str = "pgd", **distill_overrides):
     return spec.model_copy(update={"method": method, "distill": distill})
 
 
-def build_distiller(detector: str, method: str = "pgd", num_classes: int = 3,
-                    **distill_overrides):
+def build_distiller(detector: str, method: str = "pgd", num_classes: int = 3, **distill_overrides):
     spec = tiny_spec(detector, method, **distill_overrides)
-    model = MODELS.build(model_cfg(spec, num_classes))
+    model = MODELS.build(ConfigDict(model_cfg(spec, num_classes)))
     model.init_weights()
     return model
 
 
-def synthetic_batch(num_images: int = 2, num_classes: int = 3, seed: int = 0,
-                    gts_per_image: tuple[int, ...] | None = None) -> dict:
+def synthetic_batch(
+    num_images: int = 2,
+    num_classes: int = 3,
+    seed: int = 0,
+    gts_per_image: tuple[int, ...] | None = None,
+) -> dict:
     """A batch as mmdet's data loader yields it: uint8 images and DetDataSamples."""
     gen = torch.Generator().manual_seed(seed)
     gts_per_image = gts_per_image or tuple(3 + i for i in range(num_images))
@@ -40,13 +44,22 @@ def synthetic_batch(num_images: int = 2, num_classes: int = 3, seed: int = 0,
         g = gts_per_image[i]
         xy = torch.rand(g, 2, generator=gen) * (IMG - 60)
         wh = 16 + torch.rand(g, 2, generator=gen) * 40
-        sample = DetDataSample(metainfo=dict(img_shape=(IMG, IMG), ori_shape=(IMG, IMG),
-                                             pad_shape=(IMG, IMG), scale_factor=(1.0, 1.0),
-                                             batch_input_shape=(IMG, IMG), img_id=i))
+        sample = DetDataSample(
+            metainfo=dict(
+                img_shape=(IMG, IMG),
+                ori_shape=(IMG, IMG),
+                pad_shape=(IMG, IMG),
+                scale_factor=(1.0, 1.0),
+                batch_input_shape=(IMG, IMG),
+                img_id=i,
+            )
+        )
         sample.gt_instances = InstanceData(
             bboxes=torch.cat([xy, xy + wh], dim=1),
-            labels=torch.randint(0, num_classes, (g,), generator=gen))
-        sample.ignored_instances = InstanceData(bboxes=torch.zeros(0, 4),
-                                                labels=torch.zeros(0, dtype=torch.long))
+            labels=torch.randint(0, num_classes, (g,), generator=gen),
+        )
+        sample.ignored_instances = InstanceData(
+            bboxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long)
+        )
         samples.append(sample)
     return {"inputs": inputs, "data_samples": samples}

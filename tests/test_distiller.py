@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import build_distiller, synthetic_batch, tiny_spec
 from mmdet.registry import MODELS
+from mmengine.config import ConfigDict
 from mmengine.optim import OptimWrapper
 
 from pgd_core.config import model_cfg
@@ -18,8 +19,9 @@ ITERATIONS = 3
 
 def _train(model, iterations: int = ITERATIONS, seed: int = 0) -> list[dict]:
     model.train()
-    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9),
-                         clip_grad=dict(max_norm=35))
+    optim = OptimWrapper(
+        torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9), clip_grad=dict(max_norm=35)
+    )
     logs = []
     for it in range(iterations):
         logs.append(model.train_step(synthetic_batch(seed=seed + it), optim))
@@ -72,17 +74,23 @@ def test_teacher_is_outside_optimizer_and_checkpoint(detector: str) -> None:
     assert not any(k.startswith("teacher") for k in keys)
     # The checkpoint is a plain detector's: it loads strictly into one.
     spec = tiny_spec(detector)
-    plain_cfg = model_cfg(spec.model_copy(update={"kind": "train", "method": "none",
-                                                  "teacher": None, "distill": None}), 3)
-    plain = MODELS.build(plain_cfg)
+    plain_cfg = model_cfg(
+        spec.model_copy(
+            update={"kind": "train", "method": "none", "teacher": None, "distill": None}
+        ),
+        3,
+    )
+    plain = MODELS.build(ConfigDict(plain_cfg))
     plain.load_state_dict(model.state_dict(), strict=True)
 
 
 def test_init_student_copies_neck_and_head_only(detector: str) -> None:
     model = build_distiller(detector)
     for part in ("neck", "bbox_head"):
-        student, teacher = getattr(model, part).state_dict(), getattr(model.teacher,
-                                                                      part).state_dict()
+        student, teacher = (
+            getattr(model, part).state_dict(),
+            getattr(model.teacher, part).state_dict(),
+        )
         for key in student:
             assert torch.equal(student[key], teacher[key]), f"{part}.{key}"
     # The backbones differ in depth (R18 student, R34 teacher): nothing to copy there.
@@ -118,9 +126,8 @@ def test_other_methods(method: str) -> None:
 
 
 def test_method_none_is_student_alone() -> None:
-    spec = tiny_spec("gfl").model_copy(update={"method": "none", "teacher": None,
-                                               "distill": None})
-    model = MODELS.build(model_cfg(spec, 3))
+    spec = tiny_spec("gfl").model_copy(update={"method": "none", "teacher": None, "distill": None})
+    model = MODELS.build(ConfigDict(model_cfg(spec, 3)))
     model.init_weights()
     assert model.teacher is None
     log = _train(model, iterations=1)[0]
@@ -132,7 +139,8 @@ def test_fgd_box_maps_are_inside_boxes() -> None:
     batch = model.data_preprocessor(synthetic_batch(num_images=1), True)
     with torch.no_grad():
         cls_scores, bbox_preds = model.teacher.bbox_head(
-            model.teacher.extract_feat(batch["inputs"]))[:2]
+            model.teacher.extract_feat(batch["inputs"])
+        )[:2]
     from pgd_core.decode import decode_dense
 
     preds = decode_dense(model.teacher.bbox_head, cls_scores, bbox_preds, [(160, 160)])
@@ -154,28 +162,33 @@ def _pairing_cfg(detector: str, **teacher_changes):
     return cfg
 
 
-@pytest.mark.parametrize("change, expected", [
-    ({"bbox_head.num_classes": 5}, "student num_classes is 3, teacher num_classes is 5"),
-    ({"bbox_head.feat_channels": 64}, "student head channels"),
-    ({"bbox_head.strides": [8, 16, 32, 64, 256]}, "strides is [8, 16, 32, 64, 128], "
-                                                   "teacher strides is [8, 16, 32, 64, 256]"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"bbox_head.num_classes": 5}, "student num_classes is 3, teacher num_classes is 5"),
+        ({"bbox_head.feat_channels": 64}, "student head channels"),
+        (
+            {"bbox_head.strides": [8, 16, 32, 64, 256]},
+            "strides is [8, 16, 32, 64, 128], teacher strides is [8, 16, 32, 64, 256]",
+        ),
+    ],
+)
 def test_unpairable_teacher_is_refused(change: dict, expected: str) -> None:
     with pytest.raises(PairingError, match=expected.replace("[", r"\[").replace("]", r"\]")):
-        MODELS.build(_pairing_cfg("fcos", **change))
+        MODELS.build(ConfigDict(_pairing_cfg("fcos", **change)))
 
 
 def test_different_family_is_refused() -> None:
     cfg = model_cfg(tiny_spec("fcos"), 3)
     cfg["teacher"] = model_cfg(tiny_spec("atss"), 3)["teacher"]
     with pytest.raises(PairingError, match="FCOSHead.*ATSSHead"):
-        MODELS.build(cfg)
+        MODELS.build(ConfigDict(cfg))
 
 
 def test_adapter_bridges_head_widths() -> None:
     cfg = _pairing_cfg("fcos", **{"bbox_head.feat_channels": 64})
     cfg["distill"] = dict(cfg["distill"], adapter=True, init_student=False)
-    model = MODELS.build(cfg)
+    model = MODELS.build(ConfigDict(cfg))
     model.init_weights()
     assert model.adapters["cls"].out_channels == 64
     log = _train(model, iterations=1)[0]

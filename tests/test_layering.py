@@ -16,17 +16,27 @@ class Block:
     def __init__(self, names): self.names = names
     def find_spec(self, name, path=None, target=None):
         if name.split('.')[0] in self.names:
-            raise ImportError(f'blocked by the test: {name}')
+            raise ImportError(f'blocked by the test: {{name}}')
         return None
 sys.meta_path.insert(0, Block({blocked!r}))
 """
-SERVICE_STACK = ["fastapi", "starlette", "celery", "kombu", "sqlalchemy", "alembic", "redis",
-                 "api", "worker"]
+SERVICE_STACK = [
+    "fastapi",
+    "starlette",
+    "celery",
+    "kombu",
+    "sqlalchemy",
+    "alembic",
+    "redis",
+    "api",
+    "worker",
+]
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_blocker_really_blocks() -> None:
@@ -34,17 +44,36 @@ def test_blocker_really_blocks() -> None:
     assert proc.returncode != 0 and "blocked by the test" in proc.stderr
 
 
-@pytest.mark.parametrize("module", ["pgd_core.regions", "pgd_core.losses", "pgd_core.spec",
-                                    "pgd_core.presets", "pgd_core.distiller",
-                                    "pgd_core.runner", "pgd_core.cli"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "pgd_core.regions",
+        "pgd_core.losses",
+        "pgd_core.spec",
+        "pgd_core.presets",
+        "pgd_core.distiller",
+        "pgd_core.runner",
+        "pgd_core.cli",
+    ],
+)
 def test_imports_without_service_stack(module: str) -> None:
     proc = _run(BLOCKER.format(blocked=SERVICE_STACK) + f"import {module}")
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("module", ["pgd_core.spec", "pgd_core.presets", "pgd_core.datasets",
-                                    "pgd_core.models", "pgd_core.config"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "pgd_core.spec",
+        "pgd_core.presets",
+        "pgd_core.datasets",
+        "pgd_core.models",
+        "pgd_core.config",
+    ],
+)
 def test_light_modules_import_without_torch(module: str) -> None:
-    proc = _run(BLOCKER.format(blocked=SERVICE_STACK + ["torch", "mmdet", "mmcv", "mmengine"])
-                + f"import {module}")
+    proc = _run(
+        BLOCKER.format(blocked=SERVICE_STACK + ["torch", "mmdet", "mmcv", "mmengine"])
+        + f"import {module}"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -12,8 +12,7 @@ import math
 import pytest
 import torch
 
-from pgd_core.losses import (channel_attention, pgd_cls_loss, pgd_reg_loss,
-                             spatial_attention)
+from pgd_core.losses import channel_attention, pgd_cls_loss, pgd_reg_loss, spatial_attention
 
 DT = torch.float64
 # Temperature 1/ln 3 turns |F| = 1 vs |F| = 0 into softmax weights 3/4 vs 1/4,
@@ -29,8 +28,13 @@ def ref_spatial(feat: torch.Tensor, temp: float) -> list:
     n_img, c, h, w = feat.shape
     out = []
     for n in range(n_img):
-        e = [[math.exp(sum(abs(float(feat[n, k, y, x])) for k in range(c)) / c / temp)
-              for x in range(w)] for y in range(h)]
+        e = [
+            [
+                math.exp(sum(abs(float(feat[n, k, y, x])) for k in range(c)) / c / temp)
+                for x in range(w)
+            ]
+            for y in range(h)
+        ]
         z = sum(map(sum, e))
         out.append([[h * w * e[y][x] / z for x in range(w)] for y in range(h)])
     return out
@@ -93,8 +97,10 @@ def ref_reg(s, t, r, *, temp, gamma, delta) -> float:
                 if float(r[n, y, x]) <= 0:
                     continue
                 p += 1
-                per_c = [ac_t[n][k][y][x] * (float(s[n, k, y, x]) - float(t[n, k, y, x])) ** 2
-                         for k in range(c)]
+                per_c = [
+                    ac_t[n][k][y][x] * (float(s[n, k, y, x]) - float(t[n, k, y, x])) ** 2
+                    for k in range(c)
+                ]
                 feat += float(r[n, y, x]) * sum(per_c) / c
                 att += sum(abs(ac_s[n][k][y][x] - ac_t[n][k][y][x]) for k in range(c))
     return 0.0 if p == 0 else gamma * feat / p + delta * att / p
@@ -124,19 +130,25 @@ def test_attention_hand_values():
     # One image, C = 1, H = 1, W = 2, F = [ln3 * T, 0]: softmax = (3/4, 1/4), so
     # A_S = 2 * (3/4, 1/4) = (1.5, 0.5). The sign of F must not matter (|F|).
     feat = torch.tensor([[[[-1.0, 0.0]]]], dtype=DT)
-    torch.testing.assert_close(spatial_attention(feat, T_LN3),
-                               torch.tensor([[[1.5, 0.5]]], dtype=DT))
+    torch.testing.assert_close(
+        spatial_attention(feat, T_LN3), torch.tensor([[[1.5, 0.5]]], dtype=DT)
+    )
     # C = 2 at one location, F = (1, 0): A_C = 2 * (3/4, 1/4) = (1.5, 0.5).
     feat = torch.tensor([[[[1.0]], [[0.0]]]], dtype=DT)
-    torch.testing.assert_close(channel_attention(feat, T_LN3),
-                               torch.tensor([[[[1.5]], [[0.5]]]], dtype=DT))
+    torch.testing.assert_close(
+        channel_attention(feat, T_LN3), torch.tensor([[[[1.5]], [[0.5]]]], dtype=DT)
+    )
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_attention_matches_reference(seed):
     s, _, _, _ = _random_inputs(seed, n=2, c=3, h=2, w=3)
-    torch.testing.assert_close(spatial_attention(s, 0.7), torch.tensor(ref_spatial(s, 0.7), dtype=DT))
-    torch.testing.assert_close(channel_attention(s, 0.7), torch.tensor(ref_channel(s, 0.7), dtype=DT))
+    torch.testing.assert_close(
+        spatial_attention(s, 0.7), torch.tensor(ref_spatial(s, 0.7), dtype=DT)
+    )
+    torch.testing.assert_close(
+        channel_attention(s, 0.7), torch.tensor(ref_channel(s, 0.7), dtype=DT)
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -157,8 +169,9 @@ def test_cls_loss_hand_value_uniform_attention():
     s = torch.tensor([[[[-1.0, 1.0], [1.0, -1.0]], [[1.0, -1.0], [1.0, -1.0]]]], dtype=DT)
     fg = torch.tensor([[[0.5, 0.0], [0.0, 1.0]]], dtype=DT)
     bg = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]], dtype=DT)
-    loss = pgd_cls_loss(s, t, fg, bg, temp_s=0.8, temp_c=0.8, alpha=0.1, beta=0.05,
-                        delta=123.0, loss_weight=2.0)
+    loss = pgd_cls_loss(
+        s, t, fg, bg, temp_s=0.8, temp_c=0.8, alpha=0.1, beta=0.05, delta=123.0, loss_weight=2.0
+    )
     assert loss.item() == pytest.approx(1.2, rel=1e-12)
 
 
@@ -173,8 +186,17 @@ def test_cls_loss_hand_value_attention_term():
     # loss = 1 * (0.25 * 0.3 + beta * 0) + 0.5 * 1 = 0.575
     s = torch.tensor([[[[1.0]], [[0.0]]]], dtype=DT)
     t = torch.zeros(1, 2, 1, 1, dtype=DT)
-    loss = pgd_cls_loss(s, t, torch.full((1, 1, 1), 0.3, dtype=DT), torch.zeros(1, 1, 1, dtype=DT),
-                        temp_s=T_LN3, temp_c=T_LN3, alpha=0.25, beta=7.0, delta=0.5)
+    loss = pgd_cls_loss(
+        s,
+        t,
+        torch.full((1, 1, 1), 0.3, dtype=DT),
+        torch.zeros(1, 1, 1, dtype=DT),
+        temp_s=T_LN3,
+        temp_c=T_LN3,
+        alpha=0.25,
+        beta=7.0,
+        delta=0.5,
+    )
     assert loss.item() == pytest.approx(0.575, rel=1e-12)
 
 
@@ -212,8 +234,12 @@ def test_cls_loss_batch_is_mean_of_single_images(seed):
     fg = torch.tensor([[[0.0, 0.9], [0.0, 0.0]], [[0.2, 0.5], [0.0, 0.7]]], dtype=DT)
     bg = torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [1.0, 0.0]]], dtype=DT)
     batched = pgd_cls_loss(s, t, fg, bg, loss_weight=1.25, **CLS_KW)
-    singles = [pgd_cls_loss(s[i:i + 1], t[i:i + 1], fg[i:i + 1], bg[i:i + 1],
-                            loss_weight=1.25, **CLS_KW) for i in range(2)]
+    singles = [
+        pgd_cls_loss(
+            s[i : i + 1], t[i : i + 1], fg[i : i + 1], bg[i : i + 1], loss_weight=1.25, **CLS_KW
+        )
+        for i in range(2)
+    ]
     assert batched.item() == pytest.approx((singles[0] + singles[1]).item() / 2, rel=1e-12)
 
 
@@ -222,8 +248,11 @@ def test_cls_loss_other_images_mask_does_not_change_image_one():
     # not depend on image 1's maps, however many non-zero entries they hold.
     s, t, fg, bg = _random_inputs(5, n=2)
     grads = []
-    for fg1 in (torch.zeros(2, 2, dtype=DT), torch.ones(2, 2, dtype=DT),
-                torch.tensor([[0.0, 3.0], [0.0, 0.0]], dtype=DT)):
+    for fg1 in (
+        torch.zeros(2, 2, dtype=DT),
+        torch.ones(2, 2, dtype=DT),
+        torch.tensor([[0.0, 3.0], [0.0, 0.0]], dtype=DT),
+    ):
         fg_mod = fg.clone()
         fg_mod[1] = fg1
         s_req = s.clone().requires_grad_(True)
@@ -241,9 +270,10 @@ def test_cls_loss_maps_are_normalised_by_their_non_zero_count():
     base = pgd_cls_loss(s, t, fg, bg, **kw)
     assert pgd_cls_loss(s, t, 2 * fg, bg, **kw).item() == pytest.approx(2 * base.item(), rel=1e-12)
     half = fg.clone()
-    half[0, 1] = 0.0                      # 4 -> 2 non-zero entries
+    half[0, 1] = 0.0  # 4 -> 2 non-zero entries
     assert pgd_cls_loss(s, t, half, bg, **kw).item() == pytest.approx(
-        ref_cls(s, t, half, bg, lam=1.0, **kw), rel=1e-10)
+        ref_cls(s, t, half, bg, lam=1.0, **kw), rel=1e-10
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -282,7 +312,8 @@ def test_reg_loss_only_positive_locations_count():
     t2[off] -= 3.0
     kw = dict(temp=0.8, gamma=0.5, delta=0.2)
     assert pgd_reg_loss(s2, t2, r, **kw).item() == pytest.approx(
-        pgd_reg_loss(s, t, r, **kw).item(), rel=1e-12)
+        pgd_reg_loss(s, t, r, **kw).item(), rel=1e-12
+    )
     assert pgd_reg_loss(s, t, r, **kw).item() == pytest.approx(ref_reg(s, t, r, **kw), rel=1e-10)
 
 

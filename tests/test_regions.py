@@ -19,11 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from pgd_core.regions import (background_mask, inside_mask, pairwise_iou,
-                              prediction_guided_weights)
+from pgd_core.regions import background_mask, inside_mask, pairwise_iou, prediction_guided_weights
 
-RIDGE = 1e-3     # the doc's deterministic covariance ridge
-EPS = 1e-10      # the doc's strict-inside margin
+RIDGE = 1e-3  # the doc's deterministic covariance ridge
+EPS = 1e-10  # the doc's strict-inside margin
 
 # ---------------------------------------------------------------------------
 # A 4 x 3 grid of priors (stride 8), used by the hand-worked cases.
@@ -38,45 +37,49 @@ EPS = 1e-10      # the doc's strict-inside margin
 # is the same for every prior i: for any a < 1 the top-K of a GT is simply the
 # order of the logits of its class, which the tests set with no ties.
 # ---------------------------------------------------------------------------
-GRID = torch.tensor([[x, y] for y in (4.0, 12.0, 20.0) for x in (4.0, 12.0, 20.0, 28.0)],
-                    dtype=torch.float64)
+GRID = torch.tensor(
+    [[x, y] for y in (4.0, 12.0, 20.0) for x in (4.0, 12.0, 20.0, 28.0)], dtype=torch.float64
+)
 GT_A = [0.0, 0.0, 24.0, 16.0]
 GT_B = [0.0, 8.0, 24.0, 24.0]
 
 # Class-0 logits rank priors 0 > 1 > 2 > 5 > rest; class-1 logits rank 4 > 5 > 6 > 9 > rest.
-LOGITS = torch.tensor([
-    # cls0  cls1
-    [5.0, 0.1],   # 0
-    [4.8, 0.2],   # 1
-    [4.6, 0.3],   # 2
-    [0.1, 0.4],   # 3
-    [0.2, 5.0],   # 4
-    [4.4, 4.8],   # 5
-    [0.3, 4.6],   # 6
-    [0.4, 0.5],   # 7
-    [0.5, 0.6],   # 8
-    [0.6, 4.4],   # 9
-    [0.7, 0.7],   # 10
-    [0.8, 0.8],   # 11
-], dtype=torch.float64)
+LOGITS = torch.tensor(
+    [
+        # cls0  cls1
+        [5.0, 0.1],  # 0
+        [4.8, 0.2],  # 1
+        [4.6, 0.3],  # 2
+        [0.1, 0.4],  # 3
+        [0.2, 5.0],  # 4
+        [4.4, 4.8],  # 5
+        [0.3, 4.6],  # 6
+        [0.4, 0.5],  # 7
+        [0.5, 0.6],  # 8
+        [0.6, 4.4],  # 9
+        [0.7, 0.7],  # 10
+        [0.8, 0.8],  # 11
+    ],
+    dtype=torch.float64,
+)
 
 # Hand-derived Gaussian weights used below (ridge r = 1e-3).
 #
 # K = 4 selection {(4,4), (12,4), (20,4), (12,12)}: mu = (12, 6); deviations
 # (-8,-2), (0,-2), (8,-2), (0,6); Sigma_xx = (64+0+64+0)/4 = 32, Sigma_yy =
 # (4+4+4+36)/4 = 12, Sigma_xy = (16+0-16+0)/4 = 0, so Sigma = diag(32+r, 12+r):
-W4_CORNER = 0.31141727996285584   # exp(-0.5 * (64/(32+r) + 4/(12+r)))  ~ exp(-7/6)
-W4_MIDDLE = 0.8464934806832254    # exp(-0.5 * 4/(12+r))                 ~ exp(-1/6)
-W4_APEX = 0.22315805083735604     # exp(-0.5 * 36/(12+r))                ~ exp(-3/2)
+W4_CORNER = 0.31141727996285584  # exp(-0.5 * (64/(32+r) + 4/(12+r)))  ~ exp(-7/6)
+W4_MIDDLE = 0.8464934806832254  # exp(-0.5 * 4/(12+r))                 ~ exp(-1/6)
+W4_APEX = 0.22315805083735604  # exp(-0.5 * 36/(12+r))                ~ exp(-3/2)
 # K = 3 collinear {(4,y), (12,y), (20,y)}: mu = (12, y); Sigma = diag(128/3 + r, r).
 # The ridge keeps Sigma invertible; dy = 0 so only the x term counts:
-W3_END = 0.47237485593769546      # exp(-0.5 * 64/(128/3 + r))           ~ exp(-3/4)
+W3_END = 0.47237485593769546  # exp(-0.5 * 64/(128/3 + r))           ~ exp(-3/4)
 # K = 3 triangle {(4,4), (12,4), (12,12)}: mu = (28/3, 20/3); Sigma_xx = Sigma_yy =
 # 128/9 + r, Sigma_xy = 64/9. Without the ridge every vertex of any triangle has
 # Mahalanobis^2 = 2 (affine invariance), i.e. weight exp(-1) = 0.36788; the ridge
 # lifts them very slightly, and unevenly because (12,4) sits on the short axis:
-W3_TRI_04 = 0.3679053061791681    # vertices (4,4) and (12,12)
-W3_TRI_1 = 0.36793117058054775    # vertex (12,4)
+W3_TRI_04 = 0.3679053061791681  # vertices (4,4) and (12,12)
+W3_TRI_1 = 0.36793117058054775  # vertex (12,4)
 # K > N (all 12 priors): mu = (16, 12), Sigma = diag(80 + r, 128/3 + r):
 WN = {  # (dx, dy) -> exp(-0.5 * (dx^2/(80+r) + dy^2/(128/3+r)))
     (12, 8): 0.1920554450331994,
@@ -86,8 +89,17 @@ WN = {  # (dx, dy) -> exp(-0.5 * (dx^2/(80+r) + dy^2/(128/3+r)))
 }
 
 
-def _weights(gt_boxes, gt_labels, *, topk, alpha=0.8, gaussian=True, low_bound=0.0,
-             logits=LOGITS, centers=GRID):
+def _weights(
+    gt_boxes,
+    gt_labels,
+    *,
+    topk,
+    alpha=0.8,
+    gaussian=True,
+    low_bound=0.0,
+    logits=LOGITS,
+    centers=GRID,
+):
     """Run the function under test on the hand-worked grid.
 
     Returns:
@@ -97,8 +109,17 @@ def _weights(gt_boxes, gt_labels, *, topk, alpha=0.8, gaussian=True, low_bound=0
     boxes = torch.tensor([[0.0, 0.0, 32.0, 24.0]], dtype=torch.float64).expand(n, 4)
     gts = torch.tensor(gt_boxes, dtype=torch.float64).reshape(-1, 4)
     labels = torch.tensor(gt_labels, dtype=torch.int64)
-    return prediction_guided_weights(centers, logits, boxes, gts, labels, alpha=alpha,
-                                     topk=topk, low_bound=low_bound, gaussian=gaussian)
+    return prediction_guided_weights(
+        centers,
+        logits,
+        boxes,
+        gts,
+        labels,
+        alpha=alpha,
+        topk=topk,
+        low_bound=low_bound,
+        gaussian=gaussian,
+    )
 
 
 def _expect(values: dict[int, float]) -> torch.Tensor:
@@ -127,8 +148,7 @@ def test_topk3_collinear_selection_uses_the_ridge():
     # GT_A picks priors 0 1 2 (one row), GT_B picks 4 5 6 (the next row): each row
     # is collinear, so the fit relies on the ridge; the middle prior sits at mu.
     w = _weights([GT_A, GT_B], [0, 1], topk=3)
-    _assert_close(w, _expect({0: W3_END, 1: 1.0, 2: W3_END,
-                              4: W3_END, 5: 1.0, 6: W3_END}))
+    _assert_close(w, _expect({0: W3_END, 1: 1.0, 2: W3_END, 4: W3_END, 5: 1.0, 6: W3_END}))
 
 
 def test_topk3_triangle():
@@ -144,14 +164,38 @@ def test_topk4_two_gts_claiming_a_prior_take_the_max():
     # (the same shape moved down one row, so prior 5 is its middle, W4_MIDDLE).
     # Prior 5 gets max(W4_APEX, W4_MIDDLE) = W4_MIDDLE; prior 9 is GT_B's apex.
     w = _weights([GT_A, GT_B], [0, 1], topk=4)
-    _assert_close(w, _expect({0: W4_CORNER, 1: W4_MIDDLE, 2: W4_CORNER,
-                              4: W4_CORNER, 5: W4_MIDDLE, 6: W4_CORNER, 9: W4_APEX}))
+    _assert_close(
+        w,
+        _expect(
+            {
+                0: W4_CORNER,
+                1: W4_MIDDLE,
+                2: W4_CORNER,
+                4: W4_CORNER,
+                5: W4_MIDDLE,
+                6: W4_CORNER,
+                9: W4_APEX,
+            }
+        ),
+    )
 
 
 def test_gt_order_does_not_matter():
     w = _weights([GT_B, GT_A], [1, 0], topk=4)
-    _assert_close(w, _expect({0: W4_CORNER, 1: W4_MIDDLE, 2: W4_CORNER,
-                              4: W4_CORNER, 5: W4_MIDDLE, 6: W4_CORNER, 9: W4_APEX}))
+    _assert_close(
+        w,
+        _expect(
+            {
+                0: W4_CORNER,
+                1: W4_MIDDLE,
+                2: W4_CORNER,
+                4: W4_CORNER,
+                5: W4_MIDDLE,
+                6: W4_CORNER,
+                9: W4_APEX,
+            }
+        ),
+    )
 
 
 def test_topk4_without_gaussian_gives_ones():
@@ -159,13 +203,25 @@ def test_topk4_without_gaussian_gives_ones():
     _assert_close(w, _expect({i: 1.0 for i in (0, 1, 2, 4, 5, 6, 9)}))
 
 
-@pytest.mark.parametrize("low_bound, kept", [
-    (0.3, (0, 1, 2, 4, 5, 6)),   # only W4_APEX = 0.223 < 0.3 goes
-    (0.5, (1, 5)),               # W4_CORNER = 0.311 goes too; W4_MIDDLE = 0.846 stays
-])
+@pytest.mark.parametrize(
+    "low_bound, kept",
+    [
+        (0.3, (0, 1, 2, 4, 5, 6)),  # only W4_APEX = 0.223 < 0.3 goes
+        (0.5, (1, 5)),  # W4_CORNER = 0.311 goes too; W4_MIDDLE = 0.846 stays
+    ],
+)
 def test_low_bound_zeroes_small_weights(low_bound, kept):
-    full = _expect({0: W4_CORNER, 1: W4_MIDDLE, 2: W4_CORNER,
-                    4: W4_CORNER, 5: W4_MIDDLE, 6: W4_CORNER, 9: W4_APEX})
+    full = _expect(
+        {
+            0: W4_CORNER,
+            1: W4_MIDDLE,
+            2: W4_CORNER,
+            4: W4_CORNER,
+            5: W4_MIDDLE,
+            6: W4_CORNER,
+            9: W4_APEX,
+        }
+    )
     expected = _expect({i: float(full[i]) for i in kept})
     _assert_close(_weights([GT_A, GT_B], [0, 1], topk=4, low_bound=low_bound), expected)
 
@@ -193,16 +249,18 @@ def test_k_at_least_n_selects_every_prior(topk):
     # All 12 priors are selected: the Gaussian is fitted to the full grid, then
     # GT_A's inside test keeps priors 0 1 2 (dy = -8) and 4 5 6 (dy = 0).
     w = _weights([GT_A], [0], topk=topk)
-    _assert_close(w, _expect({0: WN[12, 8], 1: WN[4, 8], 2: WN[4, 8],
-                              4: WN[12, 0], 5: WN[4, 0], 6: WN[4, 0]}))
+    _assert_close(
+        w, _expect({0: WN[12, 8], 1: WN[4, 8], 2: WN[4, 8], 4: WN[12, 0], 5: WN[4, 0], 6: WN[4, 0]})
+    )
     w_flat = _weights([GT_A], [0], topk=topk, gaussian=False)
     _assert_close(w_flat, _expect({i: 1.0 for i in (0, 1, 2, 4, 5, 6)}))
 
 
 def test_no_gt_gives_zeros_and_background_ones():
     empty = torch.zeros(0, 4, dtype=torch.float64)
-    w = prediction_guided_weights(GRID, LOGITS, GRID.repeat(1, 2), empty,
-                                  torch.zeros(0, dtype=torch.int64), alpha=0.8, topk=9)
+    w = prediction_guided_weights(
+        GRID, LOGITS, GRID.repeat(1, 2), empty, torch.zeros(0, dtype=torch.int64), alpha=0.8, topk=9
+    )
     _assert_close(w, torch.zeros(12, dtype=torch.float64))
     _assert_close(background_mask(GRID, empty), torch.ones(12, dtype=torch.float64))
 
@@ -222,8 +280,9 @@ def test_quality_exponent_decides_the_top1(alpha, winner):
     logits = torch.tensor([[math.log(9.0)], [0.0], [-math.log(9.0)]], dtype=torch.float64)
     boxes = torch.tensor([[0, 0, 5, 5], [0, 0, 8, 8], [0, 0, 10, 10]], dtype=torch.float64)
     gts = torch.tensor([[0.0, 0.0, 10.0, 10.0]], dtype=torch.float64)
-    w = prediction_guided_weights(centers, logits, boxes, gts, torch.tensor([0]),
-                                  alpha=alpha, topk=1)
+    w = prediction_guided_weights(
+        centers, logits, boxes, gts, torch.tensor([0]), alpha=alpha, topk=1
+    )
     expected = torch.zeros(3, dtype=torch.float64)
     expected[winner] = 1.0
     _assert_close(w, expected)
@@ -259,17 +318,21 @@ def test_background_mask_two_gts():
     _assert_close(background_mask(GRID, gts), _expect({3: 1.0, 7: 1.0, 11: 1.0}))
 
 
-@pytest.mark.parametrize("box, gt, iou", [
-    ([0, 0, 10, 10], [0, 0, 10, 10], 1.0),
-    ([0, 0, 10, 10], [5, 0, 15, 10], 50 / 150),      # half overlap: 50 / (100+100-50)
-    ([0, 0, 10, 10], [2, 2, 4, 4], 4 / 100),         # GT inside the box
-    ([0, 0, 10, 10], [10, 0, 20, 10], 0.0),          # touching edges: no area
-    ([0, 0, 10, 10], [20, 20, 30, 30], 0.0),         # disjoint
-    ([3, 3, 3, 3], [3, 3, 3, 3], 0.0),               # empty union -> 0, not NaN
-])
+@pytest.mark.parametrize(
+    "box, gt, iou",
+    [
+        ([0, 0, 10, 10], [0, 0, 10, 10], 1.0),
+        ([0, 0, 10, 10], [5, 0, 15, 10], 50 / 150),  # half overlap: 50 / (100+100-50)
+        ([0, 0, 10, 10], [2, 2, 4, 4], 4 / 100),  # GT inside the box
+        ([0, 0, 10, 10], [10, 0, 20, 10], 0.0),  # touching edges: no area
+        ([0, 0, 10, 10], [20, 20, 30, 30], 0.0),  # disjoint
+        ([3, 3, 3, 3], [3, 3, 3, 3], 0.0),  # empty union -> 0, not NaN
+    ],
+)
 def test_pairwise_iou_hand_values(box, gt, iou):
-    got = pairwise_iou(torch.tensor([box], dtype=torch.float64),
-                       torch.tensor([gt], dtype=torch.float64))
+    got = pairwise_iou(
+        torch.tensor([box], dtype=torch.float64), torch.tensor([gt], dtype=torch.float64)
+    )
     assert got.shape == (1, 1)
     assert got.item() == pytest.approx(iou, rel=1e-12, abs=1e-15)
 
@@ -288,8 +351,7 @@ def _ref_iou(b, g) -> float:
 
 def _ref_inside(p, g) -> bool:
     """Step 4's strict test of centre p = (x, y) in box g."""
-    return (p[0] - g[0] > EPS and p[1] - g[1] > EPS
-            and g[2] - p[0] > EPS and g[3] - p[1] > EPS)
+    return p[0] - g[0] > EPS and p[1] - g[1] > EPS and g[2] - p[0] > EPS and g[3] - p[1] > EPS
 
 
 def _ref_gt_weights(centers, logits, boxes, gt, label, *, alpha, topk, gaussian):
@@ -300,8 +362,11 @@ def _ref_gt_weights(centers, logits, boxes, gt, label, *, alpha, topk, gaussian)
         gt (ndarray[4]), label (int).
     """
     n = len(centers)
-    quality = [(1.0 / (1.0 + math.exp(-logits[i, label]))) ** (1.0 - alpha)
-               * _ref_iou(boxes[i], gt) ** alpha for i in range(n)]
+    quality = [
+        (1.0 / (1.0 + math.exp(-logits[i, label]))) ** (1.0 - alpha)
+        * _ref_iou(boxes[i], gt) ** alpha
+        for i in range(n)
+    ]
     k = min(topk, n)
     chosen = sorted(range(n), key=lambda i: -quality[i])[:k]
     if gaussian and k > 1:
@@ -324,8 +389,9 @@ def ref_weights(centers, logits, boxes, gts, labels, *, alpha, topk, low_bound, 
     """Steps 1-5 with loops over GTs and priors. Returns ndarray[N]."""
     weights = np.zeros(len(centers))
     for gt, label in zip(gts, labels):
-        per_gt = _ref_gt_weights(centers, logits, boxes, gt, int(label), alpha=alpha,
-                                 topk=topk, gaussian=gaussian)
+        per_gt = _ref_gt_weights(
+            centers, logits, boxes, gt, int(label), alpha=alpha, topk=topk, gaussian=gaussian
+        )
         for i, w in per_gt.items():
             weights[i] = max(weights[i], w)
     weights[weights < low_bound] = 0.0
@@ -360,28 +426,52 @@ def _random_case(seed: int):
         return np.concatenate([lo, hi], axis=1)
 
     topk = int(rng.choice([1, int(rng.integers(2, 40)), n + int(rng.integers(0, 5))]))
-    return dict(centers=centers, logits=rng.normal(0.0, 2.0, size=(n, c)),
-                boxes=boxes_around_centre(n), gts=boxes_around_centre(g),
-                labels=rng.integers(0, c, size=g), alpha=float(rng.uniform(0, 1)),
-                topk=topk, low_bound=float(rng.choice([0.0, 0.3])),
-                gaussian=bool(rng.integers(0, 2)))
+    return dict(
+        centers=centers,
+        logits=rng.normal(0.0, 2.0, size=(n, c)),
+        boxes=boxes_around_centre(n),
+        gts=boxes_around_centre(g),
+        labels=rng.integers(0, c, size=g),
+        alpha=float(rng.uniform(0, 1)),
+        topk=topk,
+        low_bound=float(rng.choice([0.0, 0.3])),
+        gaussian=bool(rng.integers(0, 2)),
+    )
 
 
 def _run_impl(case, dtype=torch.float64, device="cpu"):
-    t = {k: torch.as_tensor(case[k], dtype=dtype, device=device)
-         for k in ("centers", "logits", "boxes", "gts")}
+    t = {
+        k: torch.as_tensor(case[k], dtype=dtype, device=device)
+        for k in ("centers", "logits", "boxes", "gts")
+    }
     labels = torch.as_tensor(case["labels"], dtype=torch.int64, device=device)
-    return prediction_guided_weights(t["centers"], t["logits"], t["boxes"], t["gts"], labels,
-                                     alpha=case["alpha"], topk=case["topk"],
-                                     low_bound=case["low_bound"], gaussian=case["gaussian"])
+    return prediction_guided_weights(
+        t["centers"],
+        t["logits"],
+        t["boxes"],
+        t["gts"],
+        labels,
+        alpha=case["alpha"],
+        topk=case["topk"],
+        low_bound=case["low_bound"],
+        gaussian=case["gaussian"],
+    )
 
 
 @pytest.mark.parametrize("seed", range(120))
 def test_matches_loop_reference_on_random_cases(seed):
     case = _random_case(seed)
-    expected = ref_weights(case["centers"], case["logits"], case["boxes"], case["gts"],
-                           case["labels"], alpha=case["alpha"], topk=case["topk"],
-                           low_bound=case["low_bound"], gaussian=case["gaussian"])
+    expected = ref_weights(
+        case["centers"],
+        case["logits"],
+        case["boxes"],
+        case["gts"],
+        case["labels"],
+        alpha=case["alpha"],
+        topk=case["topk"],
+        low_bound=case["low_bound"],
+        gaussian=case["gaussian"],
+    )
     got = _run_impl(case)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9, atol=1e-9)
     bg = background_mask(torch.as_tensor(case["centers"]), torch.as_tensor(case["gts"]))
@@ -397,7 +487,7 @@ def test_random_cases_are_not_trivial():
 # ---------------------------------------------------------------------------
 # Dtype and device.
 # ---------------------------------------------------------------------------
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]   # gpu: skipped without CUDA
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # gpu: skipped without CUDA
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -407,11 +497,14 @@ def test_output_dtype_and_device_follow_the_input(dtype, device):
     assert len(case["gts"]) > 0
     w = _run_impl(case, dtype=dtype, device=device)
     assert w.dtype == dtype and w.device.type == device
-    bg = background_mask(torch.as_tensor(case["centers"], dtype=dtype, device=device),
-                         torch.as_tensor(case["gts"], dtype=dtype, device=device))
+    bg = background_mask(
+        torch.as_tensor(case["centers"], dtype=dtype, device=device),
+        torch.as_tensor(case["gts"], dtype=dtype, device=device),
+    )
     assert bg.dtype == dtype and bg.device.type == device
-    empty = _run_impl(dict(case, gts=np.zeros((0, 4)), labels=np.zeros(0, np.int64)),
-                      dtype=dtype, device=device)
+    empty = _run_impl(
+        dict(case, gts=np.zeros((0, 4)), labels=np.zeros(0, np.int64)), dtype=dtype, device=device
+    )
     assert empty.dtype == dtype and empty.device.type == device
 
 
@@ -423,15 +516,18 @@ def test_diagonal_collinear_selection_is_exact_in_float32(dtype):
     # Mahalanobis^2 = 2*128^2 / (2s + r) ~ 3/2, weight ~ exp(-3/4), the middle 1.
     # The ridge is tiny next to s: a 2x2 closed form evaluated in float32 cancels
     # catastrophically here (it gave exp(-1) = 0.368 instead of 0.472).
-    end = 0.4723665689584328          # exp(-0.5 * 2*128^2 / (4*128^2/3 + 1e-3))
-    centers = torch.tensor([[64.0, 64.0], [192.0, 192.0], [320.0, 320.0], [448.0, 64.0]],
-                           dtype=dtype)
+    end = 0.4723665689584328  # exp(-0.5 * 2*128^2 / (4*128^2/3 + 1e-3))
+    centers = torch.tensor(
+        [[64.0, 64.0], [192.0, 192.0], [320.0, 320.0], [448.0, 64.0]], dtype=dtype
+    )
     logits = torch.tensor([[3.0], [2.0], [1.0], [0.0]], dtype=dtype)
     everything = torch.tensor([[0.0, 0.0, 512.0, 512.0]], dtype=dtype)
-    w = prediction_guided_weights(centers, logits, everything.expand(4, 4), everything,
-                                  torch.tensor([0]), alpha=0.8, topk=3)
-    torch.testing.assert_close(w, torch.tensor([end, 1.0, end, 0.0], dtype=dtype),
-                               rtol=1e-6, atol=1e-6)
+    w = prediction_guided_weights(
+        centers, logits, everything.expand(4, 4), everything, torch.tensor([0]), alpha=0.8, topk=3
+    )
+    torch.testing.assert_close(
+        w, torch.tensor([end, 1.0, end, 0.0], dtype=dtype), rtol=1e-6, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("seed", [1, 2, 4, 5, 7, 8])

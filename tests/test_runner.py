@@ -25,9 +25,18 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _tiny(name: str, **schedule):
     spec = get_preset(name)
-    sch = spec.schedule.model_copy(update=dict(dict(max_iters=ITERS, milestones=(),
-                                                    warmup_iters=2, checkpoint_interval=ITERS,
-                                                    batch_size=2), **schedule))
+    sch = spec.schedule.model_copy(
+        update=dict(
+            dict(
+                max_iters=ITERS,
+                milestones=(),
+                warmup_iters=2,
+                checkpoint_interval=ITERS,
+                batch_size=2,
+            ),
+            **schedule,
+        )
+    )
     return spec.model_copy(update={"schedule": sch})
 
 
@@ -43,24 +52,31 @@ class Recorder(RunCallbacks):
     def __init__(self, stop_at: int | None = None) -> None:
         self.progress: list[tuple[int, int]] = []
         self.metrics: list[tuple[int, dict]] = []
-        super().__init__(on_progress=lambda i, n: self.progress.append((i, n)),
-                         on_metrics=lambda i, m: self.metrics.append((i, m)),
-                         should_stop=(lambda: bool(self.progress)
-                                      and self.progress[-1][0] >= stop_at)
-                         if stop_at else None)
+        super().__init__(
+            on_progress=lambda i, n: self.progress.append((i, n)),
+            on_metrics=lambda i, m: self.metrics.append((i, m)),
+            should_stop=(lambda: bool(self.progress) and self.progress[-1][0] >= stop_at)
+            if stop_at
+            else None,
+        )
 
 
-def test_distill_run_reports_and_evaluates(data_root: Path, teacher_ckpt: Path,
-                                           tmp_path: Path) -> None:
+def test_distill_run_reports_and_evaluates(
+    data_root: Path, teacher_ckpt: Path, tmp_path: Path
+) -> None:
     rec = Recorder()
-    result = run_spec(_tiny("tiny-fcos-pgd"), tmp_path, data_root=data_root,
-                      teacher_checkpoint=teacher_ckpt, callbacks=rec)
+    result = run_spec(
+        _tiny("tiny-fcos-pgd"),
+        tmp_path,
+        data_root=data_root,
+        teacher_checkpoint=teacher_ckpt,
+        callbacks=rec,
+    )
     assert result.status == "completed" and result.iteration == ITERS
     assert rec.progress == [(i, ITERS) for i in range(1, ITERS + 1)]
     train_steps = [m for _, m in rec.metrics if "loss" in m]
     assert len(train_steps) == ITERS
-    assert all("loss_pgd_cls_p3" in m and "loss_pgd_reg_p7" in m and "lr" in m
-               for m in train_steps)
+    assert all("loss_pgd_cls_p3" in m and "loss_pgd_reg_p7" in m and "lr" in m for m in train_steps)
     assert set(result.metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert any("val/AP" in m for _, m in rec.metrics)
     # The checkpoint holds the student only and loads strictly into a plain detector.
@@ -70,27 +86,32 @@ def test_distill_run_reports_and_evaluates(data_root: Path, teacher_ckpt: Path,
     plain.load_state_dict(state, strict=True)
 
 
-def test_stop_saves_checkpoint_and_resume_continues(data_root: Path, teacher_ckpt: Path,
-                                                    tmp_path: Path) -> None:
+def test_stop_saves_checkpoint_and_resume_continues(
+    data_root: Path, teacher_ckpt: Path, tmp_path: Path
+) -> None:
     spec = _tiny("tiny-fcos-pgd")
     rec = Recorder(stop_at=2)
-    first = run_spec(spec, tmp_path, data_root=data_root, teacher_checkpoint=teacher_ckpt,
-                     callbacks=rec)
+    first = run_spec(
+        spec, tmp_path, data_root=data_root, teacher_checkpoint=teacher_ckpt, callbacks=rec
+    )
     assert first.status == "stopped" and first.iteration == 2
     assert last_checkpoint(tmp_path) == tmp_path / "iter_2.pth"
     assert first.metrics == {}
     rec2 = Recorder()
-    second = run_spec(spec, tmp_path, data_root=data_root, teacher_checkpoint=teacher_ckpt,
-                      callbacks=rec2)
+    second = run_spec(
+        spec, tmp_path, data_root=data_root, teacher_checkpoint=teacher_ckpt, callbacks=rec2
+    )
     assert second.status == "completed"
     # Resumed from iteration 2: the remaining steps only, no step reported twice.
     assert [i for i, _ in rec2.progress] == list(range(3, ITERS + 1))
 
 
-def test_evaluate_kind_matches_final_validation(data_root: Path, teacher_ckpt: Path,
-                                                tmp_path: Path) -> None:
+def test_evaluate_kind_matches_final_validation(
+    data_root: Path, teacher_ckpt: Path, tmp_path: Path
+) -> None:
     spec = get_preset("tiny-fcos-teacher").model_copy(
-        update={"kind": "evaluate", "checkpoint_ref": "teacher"})
+        update={"kind": "evaluate", "checkpoint_ref": "teacher"}
+    )
     result = run_spec(spec, tmp_path, data_root=data_root, checkpoint=teacher_ckpt)
     assert result.status == "completed"
     assert set(result.metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
@@ -105,12 +126,20 @@ def test_divergence_names_the_iteration(data_root: Path, tmp_path: Path) -> None
 
 def test_missing_inputs_are_named(data_root: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        run_spec(_tiny("tiny-fcos-pgd"), tmp_path, data_root=data_root,
-                 teacher_checkpoint=tmp_path / "nope.pth")
+        run_spec(
+            _tiny("tiny-fcos-pgd"),
+            tmp_path,
+            data_root=data_root,
+            teacher_checkpoint=tmp_path / "nope.pth",
+        )
     with pytest.raises(ValueError, match="teacher's checkpoint"):
         run_spec(_tiny("tiny-fcos-pgd"), tmp_path, data_root=data_root)
     spec = _tiny("tiny-fcos-student").model_copy(
-        update={"dataset": get_preset("tiny-fcos-student").dataset.model_copy(
-            update={"name": "missing"})})
+        update={
+            "dataset": get_preset("tiny-fcos-student").dataset.model_copy(
+                update={"name": "missing"}
+            )
+        }
+    )
     with pytest.raises(ValueError, match="missing"):
         run_spec(spec, tmp_path, data_root=data_root)

@@ -24,15 +24,27 @@ def _distill_dict(**changes) -> dict:
 def test_catalogue_has_paper_and_tiny_settings() -> None:
     names = set(list_presets())
     for det in DETECTORS:
-        assert {f"coco-{det}-teacher", f"coco-{det}-student", f"coco-{det}-pgd",
-                f"tiny-{det}-teacher", f"tiny-{det}-student", f"tiny-{det}-pgd"} <= names
-    assert {"crowdhuman-ddod-teacher", "crowdhuman-ddod-student",
-            "crowdhuman-ddod-pgd"} <= names
+        assert {
+            f"coco-{det}-teacher",
+            f"coco-{det}-student",
+            f"coco-{det}-pgd",
+            f"tiny-{det}-teacher",
+            f"tiny-{det}-student",
+            f"tiny-{det}-pgd",
+        } <= names
+    assert {"crowdhuman-ddod-teacher", "crowdhuman-ddod-student", "crowdhuman-ddod-pgd"} <= names
 
 
-@pytest.mark.parametrize("det, temp, alpha, topk", [
-    ("atss", 0.8, 0.08, 9), ("ddod", 0.8, 0.08, 30), ("fcos", 0.8, 0.04, 30),
-    ("gfl", 0.8, 0.04, 30), ("autoassign", 0.4, 0.08, 30)])
+@pytest.mark.parametrize(
+    "det, temp, alpha, topk",
+    [
+        ("atss", 0.8, 0.08, 9),
+        ("ddod", 0.8, 0.08, 30),
+        ("fcos", 0.8, 0.04, 30),
+        ("gfl", 0.8, 0.04, 30),
+        ("autoassign", 0.4, 0.08, 30),
+    ],
+)
 def test_paper_hyper_parameters(det: str, temp: float, alpha: float, topk: int) -> None:
     spec = PRESETS[f"coco-{det}-pgd"]
     d = spec.distill
@@ -44,8 +56,14 @@ def test_paper_hyper_parameters(det: str, temp: float, alpha: float, topk: int) 
     assert (d.cls_quality_alpha, d.reg_quality_alpha) == (0.8, 0.6)
     assert spec.student.depth == 50 and spec.teacher.depth == 101
     sch = spec.schedule
-    assert (sch.lr, sch.momentum, sch.weight_decay, sch.batch_size, sch.grad_clip,
-            sch.warmup_iters) == (0.02, 0.9, 1e-4, 16, 35.0, 500)
+    assert (
+        sch.lr,
+        sch.momentum,
+        sch.weight_decay,
+        sch.batch_size,
+        sch.grad_clip,
+        sch.warmup_iters,
+    ) == (0.02, 0.9, 1e-4, 16, 35.0, 500)
     assert PRESETS[f"coco-{det}-teacher"].dataset.multiscale_short is not None
     assert set(PAPER_HYPER) == set(DETECTORS)
 
@@ -72,21 +90,31 @@ def test_unknown_names_are_refused_naming_the_field() -> None:
     assert errs[0][0] == "extra_field"
 
 
-@pytest.mark.parametrize("path, value", [
-    (("distill", "alpha"), 0.0), (("distill", "temp"), -1.0), (("schedule", "lr"), 0.0),
-    (("distill", "topk"), 0), (("schedule", "batch_size"), -4)])
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("distill", "alpha"), 0.0),
+        (("distill", "temp"), -1.0),
+        (("schedule", "lr"), 0.0),
+        (("distill", "topk"), 0),
+        (("schedule", "batch_size"), -4),
+    ],
+)
 def test_non_positive_hyper_parameters_are_refused(path: tuple[str, str], value: float) -> None:
     data = _distill_dict()
     data[path[0]] = dict(data[path[0]], **{path[1]: value})
     assert _errors(data)[0][0] == ".".join(path)
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(kind="train"), "method: 'pgd' needs kind 'distill'"),
-    (dict(teacher=None), "teacher: method 'pgd' needs a teacher"),
-    (dict(distill=None), "distill: method 'pgd' needs distillation settings"),
-    (dict(kind="evaluate", method="none", teacher=None, distill=None), "checkpoint_ref"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(kind="train"), "method: 'pgd' needs kind 'distill'"),
+        (dict(teacher=None), "teacher: method 'pgd' needs a teacher"),
+        (dict(distill=None), "distill: method 'pgd' needs distillation settings"),
+        (dict(kind="evaluate", method="none", teacher=None, distill=None), "checkpoint_ref"),
+    ],
+)
 def test_impossible_combinations(changes: dict, message: str) -> None:
     errs = _errors(_distill_dict(**changes))
     assert message in errs[0][1]
