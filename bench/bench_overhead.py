@@ -12,6 +12,7 @@ teacher decoding, the region maps and the KD losses. Goal: at most 1.10.
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from mmdet.registry import MODELS
 from mmengine.config import ConfigDict
+from mmengine.logging import MMLogger
 from mmengine.optim import OptimWrapper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -89,6 +91,8 @@ def main() -> None:
     parser.add_argument("--detectors", nargs="+", default=["fcos", "atss"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # init_weights logs every parameter at INFO: keep the table readable.
+    MMLogger.get_current_instance().setLevel(logging.WARNING)
     torch.manual_seed(0)
     print(
         f"torch {torch.__version__}, {args.threads} threads, batch {args.batch} at 160 px, "

@@ -21,10 +21,9 @@ from torch import Tensor, nn
 
 import pgd_core.compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
 from pgd_core.decode import DensePredictions, decode_dense
-from pgd_core.losses import pgd_cls_loss, pgd_reg_loss
+from pgd_core.losses import pgd_multilevel_losses
 from pgd_core.regions import batched_background_mask, batched_prediction_guided_weights
 
-LEVEL_NAMES = ("p3", "p4", "p5", "p6", "p7")
 KD_METHODS = ("pgd", "pgd_no_gaussian", "pgd_cls_only", "fgd_box")
 
 
@@ -276,33 +275,30 @@ class PGDDistiller(SingleStageDetector):
                     f"expected {levels} {who} tower outputs per branch, "
                     f"recorded {len(rec.cls)} cls and {len(rec.reg)} reg"
                 )
-        losses: dict[str, Tensor] = {}
-        for lvl in range(levels):
-            name = LEVEL_NAMES[lvl] if lvl < len(LEVEL_NAMES) else f"l{lvl}"
-            s_cls, s_reg = student.cls[lvl], student.reg[lvl]
-            if self.adapters is not None:
-                s_cls, s_reg = self.adapters["cls"](s_cls), self.adapters["reg"](s_reg)
-            losses[f"loss_pgd_cls_{name}"] = pgd_cls_loss(
-                s_cls,
-                teacher.cls[lvl],
-                maps["cls"][lvl].to(s_cls.dtype),
-                maps["bg"][lvl].to(s_cls.dtype),
-                temp_s=s.temp,
-                temp_c=s.temp,
-                alpha=s.alpha,
-                beta=s.beta,
-                delta=s.delta,
-                loss_weight=s.level_weights[lvl],
-            )
-            if s.method != "pgd_cls_only":
-                losses[f"loss_pgd_reg_{name}"] = pgd_reg_loss(
-                    s_reg,
-                    teacher.reg[lvl],
-                    maps["reg"][lvl].to(s_reg.dtype),
-                    temp=s.temp,
-                    gamma=s.gamma,
-                    delta=s.delta,
-                )
+        s_cls, s_reg = student.cls, student.reg
+        if self.adapters is not None:
+            s_cls = [self.adapters["cls"](f) for f in s_cls]
+            s_reg = [self.adapters["reg"](f) for f in s_reg]
+        dtype = s_cls[0].dtype
+        cls_loss, reg_loss = pgd_multilevel_losses(
+            s_cls,
+            teacher.cls,
+            s_reg,
+            teacher.reg,
+            [m.to(dtype) for m in maps["cls"]],
+            [m.to(dtype) for m in maps["bg"]],
+            [m.to(dtype) for m in maps["reg"]],
+            temp=s.temp,
+            alpha=s.alpha,
+            beta=s.beta,
+            gamma=s.gamma,
+            delta=s.delta,
+            level_weights=s.level_weights,
+            with_reg=s.method != "pgd_cls_only",
+        )
+        losses = {"loss_pgd_cls": cls_loss}
+        if reg_loss is not None:
+            losses["loss_pgd_reg"] = reg_loss
         return losses
 
 

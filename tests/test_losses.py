@@ -378,3 +378,44 @@ def test_cls_loss_rejects_a_bad_background_map():
     s, t, fg, _ = _random_inputs(0, n=2)
     with pytest.raises(ValueError):
         pgd_cls_loss(s, t, fg, torch.zeros(2, 1, 2, 2, dtype=DT), **CLS_KW)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_multilevel_equals_sum_of_per_level_losses(seed: int) -> None:
+    from pgd_core.losses import pgd_multilevel_losses
+
+    gen = torch.Generator().manual_seed(seed)
+    n, c = 3, 6
+    shapes = [(8, 10), (4, 5), (2, 3), (1, 2), (1, 1)]
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    s_cls = [rand(n, c, h, w).requires_grad_() for h, w in shapes]
+    s_reg = [rand(n, c, h, w).requires_grad_() for h, w in shapes]
+    t_cls = [rand(n, c, h, w) for h, w in shapes]
+    t_reg = [rand(n, c, h, w) for h, w in shapes]
+    sparse = [rand(n, h, w).clamp(min=0) * (rand(n, h, w) > 0.8) for h, w in shapes]
+    sparse[3] = torch.zeros_like(sparse[3])  # a level with no regression location
+    bg = [(rand(n, h, w) > 0).double() for h, w in shapes]
+    kw = dict(temp=0.7, alpha=0.05, beta=0.02, gamma=0.08, delta=1e-3)
+    lam = (1.0, 1.25, 1.5, 1.75, 2.0)
+    cls, reg = pgd_multilevel_losses(
+        s_cls, t_cls, s_reg, t_reg, sparse, bg, sparse, level_weights=lam, **kw
+    )
+    cls_ref = sum(
+        pgd_cls_loss(
+            a, b, f, g, temp_s=0.7, temp_c=0.7, alpha=0.05, beta=0.02, delta=1e-3, loss_weight=lw
+        )
+        for a, b, f, g, lw in zip(s_cls, t_cls, sparse, bg, lam)
+    )
+    reg_ref = sum(
+        pgd_reg_loss(a, b, r, temp=0.7, gamma=0.08, delta=1e-3)
+        for a, b, r in zip(s_reg, t_reg, sparse)
+    )
+    torch.testing.assert_close(cls, cls_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(reg, reg_ref, rtol=1e-10, atol=1e-12)
+    grads = torch.autograd.grad(cls + reg, s_cls + s_reg)
+    grads_ref = torch.autograd.grad(cls_ref + reg_ref, s_cls + s_reg)
+    for g1, g2 in zip(grads, grads_ref):
+        torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-12)
