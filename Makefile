@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	# mmcv 2.1.0 exists on PyPI only as source: its C++ ops compile against the
 	# torch above (about 25 min on 2 cores the first time). pip caches the built
 	# wheel, so later setups on the same machine take seconds: keep the cache.
-	MMCV_WITH_OPS=1 $(BIN)/pip install --no-build-isolation mmcv==2.1.0
+	# Its dependencies are pinned in the same command so that pip never pulls
+	# numpy 2 or OpenCV 5 (which mmcv 2.1 does not support) even for a moment.
+	MMCV_WITH_OPS=1 $(BIN)/pip install --no-build-isolation mmcv==2.1.0 mmengine==0.10.7 \
+	    numpy==1.26.4 opencv-python==4.10.0.84
 	$(BIN)/pip install --no-build-isolation -e '.[dev]'
 	$(BIN)/python -c "import mmcv.ops, mmdet, torch; print('mmcv ops OK, mmdet', mmdet.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)

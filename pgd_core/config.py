@@ -14,6 +14,7 @@ from pgd_core.models import data_preprocessor, detector_cfg
 from pgd_core.spec import RunSpec
 
 _DATASET_TYPES = {"coco": "CocoDataset", "crowdhuman": "CrowdHumanDataset"}
+PLOT_DIR = "plots"
 _META_KEYS = ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")
 
 
@@ -82,7 +83,8 @@ def _dataset(info: DatasetInfo, split: str, spec: RunSpec, train: bool) -> dict[
         ]
     ds: dict[str, Any] = dict(
         type=_DATASET_TYPES[info.format],
-        data_root="",
+        # Absolute paths below; the root matters for CrowdHumanDataset's image-size cache.
+        data_root=str(info.root),
         ann_file=str(s.ann_file),
         data_prefix=dict(img=f"{s.img_dir}/"),
         metainfo=dict(classes=tuple(info.classes)),
@@ -95,12 +97,11 @@ def _dataset(info: DatasetInfo, split: str, spec: RunSpec, train: bool) -> dict[
     return ds
 
 
-def _evaluator(info: DatasetInfo, split: str) -> dict[str, Any]:
-    ann = str(info.split(split).ann_file)
-    if info.format == "crowdhuman":
-        return dict(type="CrowdHumanMetric", ann_file=ann, metric=["AP", "MR", "JI"])
+def _evaluator(info: DatasetInfo, split: str, work_dir: Path) -> dict[str, Any]:
+    """pgd_core's evaluators (pgd_core.metrics); curves go to ``<work_dir>/plots``."""
+    kind = "PGDCrowdHumanMetric" if info.format == "crowdhuman" else "PGDCocoMetric"
     return dict(
-        type="CocoMetric", ann_file=ann, metric="bbox", format_only=False, backend_args=None
+        type=kind, ann_file=str(info.split(split).ann_file), plot_dir=str(Path(work_dir) / PLOT_DIR)
     )
 
 
@@ -220,7 +221,7 @@ def runner_cfg(
     if spec.kind == "evaluate":
         cfg.update(
             test_dataloader=val_loader,
-            test_evaluator=_evaluator(info, spec.dataset.val_split),
+            test_evaluator=_evaluator(info, spec.dataset.val_split, work_dir),
             test_cfg=dict(type="TestLoop"),
             default_hooks=dict(
                 timer=dict(type="IterTimerHook"), logger=dict(type="LoggerHook", interval=50)
@@ -237,9 +238,9 @@ def runner_cfg(
             train=True,
         ),
         val_dataloader=val_loader,
-        val_evaluator=_evaluator(info, spec.dataset.val_split),
+        val_evaluator=_evaluator(info, spec.dataset.val_split, work_dir),
         test_dataloader=val_loader,
-        test_evaluator=_evaluator(info, spec.dataset.val_split),
+        test_evaluator=_evaluator(info, spec.dataset.val_split, work_dir),
     )
     return cfg
 

@@ -22,20 +22,10 @@ from mmengine.runner import Runner
 
 import pgd_core.compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
 import pgd_core.distiller  # noqa: F401  (registers PGDDistiller)
-from pgd_core.config import runner_cfg
+import pgd_core.metrics  # noqa: F401  (registers the evaluators)
+from pgd_core.config import PLOT_DIR, runner_cfg
 from pgd_core.datasets import load_dataset_info
 from pgd_core.spec import RunSpec
-
-#: mmdet's metric names to the short names the project reports (percent).
-_COCO_KEYS = {
-    "bbox_mAP": "AP",
-    "bbox_mAP_50": "AP50",
-    "bbox_mAP_75": "AP75",
-    "bbox_mAP_s": "APs",
-    "bbox_mAP_m": "APm",
-    "bbox_mAP_l": "APl",
-}
-_CROWDHUMAN_KEYS = {"mAP": "AP", "mMR": "MR", "JI": "JI"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -71,6 +61,7 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
     work_dir: Path | None = None
+    plots: list[Path] = field(default_factory=list)
 
 
 class CallbackHook(Hook):
@@ -126,15 +117,13 @@ def save_and_mark_last(runner: Runner) -> Path:
 
 
 def normalise_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """mmdet metric dict to {AP, AP50, ...} (COCO) or {MR, AP, JI} (CrowdHuman), percent."""
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        short = key.split("/", 1)[-1]
-        if short in _COCO_KEYS:
-            out[_COCO_KEYS[short]] = round(100.0 * float(value), 4)
-        elif short in _CROWDHUMAN_KEYS:
-            out[_CROWDHUMAN_KEYS[short]] = round(100.0 * float(value), 4)
-    return out
+    """``{'pgd/AP': 41.2, ...}`` from the evaluator to ``{'AP': 41.2, ...}`` (percent)."""
+    return {key.split("/", 1)[-1]: float(value) for key, value in metrics.items()}
+
+
+def plots(work_dir: Path) -> list[Path]:
+    """The PNG curves written by the last evaluation in ``work_dir``."""
+    return sorted((Path(work_dir) / PLOT_DIR).glob("*.png"))
 
 
 def last_checkpoint(work_dir: Path) -> Path | None:
@@ -237,10 +226,20 @@ def run_spec(
         if callbacks.on_metrics and metrics:
             callbacks.on_metrics(0, {f"val/{k}": v for k, v in metrics.items()})
         return RunResult(
-            "completed", 0, metrics, Path(checkpoint) if checkpoint else None, Path(work_dir)
+            "completed",
+            0,
+            metrics,
+            Path(checkpoint) if checkpoint else None,
+            Path(work_dir),
+            plots(Path(work_dir)),
         )
     runner.train()
     status: Literal["completed", "stopped"] = "stopped" if hook.stopped else "completed"
     return RunResult(
-        status, runner.iter, hook.val_metrics, last_checkpoint(Path(work_dir)), Path(work_dir)
+        status,
+        runner.iter,
+        hook.val_metrics,
+        last_checkpoint(Path(work_dir)),
+        Path(work_dir),
+        plots(Path(work_dir)) if hook.val_metrics else [],
     )

@@ -14,6 +14,7 @@ from pgd_core.runner import RunCallbacks, TrainingDiverged, last_checkpoint, run
 from pgd_core.synthetic import make_coco_shapes
 
 ITERS = 6
+COCO_KEYS = {"AP", "AP50", "AP75", "APs", "APm", "APl"}
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +78,11 @@ def test_distill_run_reports_and_evaluates(
     train_steps = [m for _, m in rec.metrics if "loss" in m]
     assert len(train_steps) == ITERS
     assert all("loss_pgd_cls" in m and "loss_pgd_reg" in m and "lr" in m for m in train_steps)
-    assert set(result.metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert COCO_KEYS <= set(result.metrics)
+    assert all(0.0 <= result.metrics[k] <= 100.0 for k in ("AP", "AP50", "AP75"))
     assert any("val/AP" in m for _, m in rec.metrics)
+    assert [p.name for p in result.plots] == ["pr_curves.png"]
+    assert result.plots[0].stat().st_size > 10_000
     # The checkpoint holds the student only and loads strictly into a plain detector.
     state = torch.load(result.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     assert not any(k.startswith("teacher") for k in state)
@@ -114,7 +118,8 @@ def test_evaluate_kind_matches_final_validation(
     )
     result = run_spec(spec, tmp_path, data_root=data_root, checkpoint=teacher_ckpt)
     assert result.status == "completed"
-    assert set(result.metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert COCO_KEYS <= set(result.metrics)
+    assert [p.name for p in result.plots] == ["pr_curves.png"]
 
 
 def test_divergence_names_the_iteration(data_root: Path, tmp_path: Path) -> None:
@@ -143,3 +148,15 @@ def test_missing_inputs_are_named(data_root: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="missing"):
         run_spec(spec, tmp_path, data_root=data_root)
+
+
+def test_crowdhuman_run_reports_mr_ap_ji(tmp_path: Path) -> None:
+    from pgd_core.crowdhuman import make_crowdhuman_like
+
+    make_crowdhuman_like(tmp_path / "data", "crowd", num_train=4, num_val=2, seed=3)
+    spec = _tiny("tiny-atss-student", max_iters=2, checkpoint_interval=2)
+    spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"name": "crowd"})})
+    result = run_spec(spec, tmp_path / "work", data_root=tmp_path / "data")
+    assert set(result.metrics) == {"MR", "AP", "JI"}
+    assert all(0.0 <= v <= 100.0 for v in result.metrics.values())
+    assert [p.name for p in result.plots] == ["mr_fppi.png"]

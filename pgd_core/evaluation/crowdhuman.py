@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from pgd_core.crowdhuman import OdgtRecord, read_odgt
+from pgd_core.evaluation.coco import EvaluationError
 
 __all__ = [
     "JI_SCORE_THRESHOLDS",
@@ -85,7 +86,7 @@ _EPS32 = np.float32(1e-6)
 _THR32 = np.float32(IOU_THRESHOLD)
 
 
-class CrowdHumanEvalError(ValueError):
+class CrowdHumanEvalError(EvaluationError):
     """Evaluation input that cannot be evaluated; the message says what and where."""
 
 
