@@ -26,6 +26,7 @@ import pgd_core.metrics  # noqa: F401  (registers the evaluators)
 from pgd_core.config import PLOT_DIR, runner_cfg
 from pgd_core.datasets import load_dataset_info
 from pgd_core.spec import RunSpec
+from pgd_core.validation import validate_split
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,6 +63,7 @@ class RunResult:
     checkpoint: Path | None = None
     work_dir: Path | None = None
     plots: list[Path] = field(default_factory=list)
+    data_reports: list[str] = field(default_factory=list)
 
 
 class CallbackHook(Hook):
@@ -147,6 +149,19 @@ def _resolve_weights(weights_root: str | os.PathLike | None, name: str | None) -
     return str(path)
 
 
+def check_data(spec: RunSpec, data_root: str | os.PathLike) -> list[str]:
+    """Validate the splits ``spec`` reads (strictly, before any training) and report them.
+
+    Raises:
+        DatasetError: naming the file, line or annotation at fault.
+    """
+    info = load_dataset_info(data_root, spec.dataset.name)
+    splits = [spec.dataset.val_split]
+    if spec.kind != "evaluate":
+        splits.insert(0, spec.dataset.train_split)
+    return [validate_split(info, split) for split in splits]
+
+
 def build_runner(
     spec: RunSpec,
     work_dir: str | os.PathLike,
@@ -166,7 +181,7 @@ def build_runner(
         raise ValueError("a distill run needs the teacher's checkpoint")
     if spec.kind == "evaluate" and checkpoint is None:
         raise ValueError("an evaluate run needs the checkpoint to evaluate")
-    work = Path(work_dir)
+    work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     cfg = runner_cfg(
         spec,
@@ -210,6 +225,7 @@ def run_spec(
         FileNotFoundError, DatasetError, ValueError: missing or bad inputs.
     """
     callbacks = callbacks or RunCallbacks()
+    reports = check_data(spec, data_root)
     runner = build_runner(
         spec,
         work_dir,
@@ -219,6 +235,8 @@ def run_spec(
         checkpoint=checkpoint,
         resume=resume,
     )
+    for line in reports:
+        runner.logger.info(f"dataset {line}")
     hook = CallbackHook(callbacks)
     runner.register_hook(hook)
     if spec.kind == "evaluate":
@@ -232,6 +250,7 @@ def run_spec(
             Path(checkpoint) if checkpoint else None,
             Path(work_dir),
             plots(Path(work_dir)),
+            reports,
         )
     runner.train()
     status: Literal["completed", "stopped"] = "stopped" if hook.stopped else "completed"
@@ -242,4 +261,5 @@ def run_spec(
         last_checkpoint(Path(work_dir)),
         Path(work_dir),
         plots(Path(work_dir)) if hook.val_metrics else [],
+        reports,
     )

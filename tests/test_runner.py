@@ -160,3 +160,22 @@ def test_crowdhuman_run_reports_mr_ap_ji(tmp_path: Path) -> None:
     assert set(result.metrics) == {"MR", "AP", "JI"}
     assert all(0.0 <= v <= 100.0 for v in result.metrics.values())
     assert [p.name for p in result.plots] == ["mr_fppi.png"]
+    assert len(result.data_reports) == 2 and "ignored" in result.data_reports[0]
+
+
+def test_bad_annotation_is_refused_before_training(data_root: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from pgd_core.datasets import DatasetError
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "shapes", root / "shapes")
+    ann = root / "shapes" / "annotations" / "train.json"
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["bbox"][2] = -5.0
+    ann.write_text(json.dumps(data))
+    bad_id = data["annotations"][0]["id"]
+    with pytest.raises(DatasetError, match=f"annotation id {bad_id}.*negative box size"):
+        run_spec(_tiny("tiny-fcos-student"), tmp_path / "work", data_root=root)
+    assert not (tmp_path / "work").exists()  # nothing half-written
