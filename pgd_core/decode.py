@@ -30,14 +30,17 @@ class DensePredictions:
     boxes: Tensor
     level_shapes: list[tuple[int, int, int]]
 
-    def split_levels(self, values: Tensor) -> list[Tensor]:
-        """Per-prior values Tensor[B, P] to per-level maps [Tensor[B, H, W]], max over anchors."""
-        maps, start = [], 0
-        for h, w, a in self.level_shapes:
-            stop = start + h * w * a
-            maps.append(values[:, start:stop].reshape(-1, h, w, a).amax(dim=-1))
-            start = stop
-        return maps
+    def per_location(self, values: Tensor) -> Tensor:
+        """Per-prior values Tensor[B, P] to per-location Tensor[B, M] (max over the anchors
+        of a location); M = sum H_l W_l, ordered level, row, column like the features."""
+        return values.reshape(values.shape[0], -1, self.level_shapes[0][2]).amax(dim=-1)
+
+    def split_locations(self, values: Tensor) -> list[Tensor]:
+        """Per-location Tensor[B, M] to per-level maps [Tensor[B, H_l, W_l]]."""
+        sizes = [h * w for h, w, _ in self.level_shapes]
+        return [
+            v.reshape(-1, h, w) for v, (h, w, _) in zip(values.split(sizes, 1), self.level_shapes)
+        ]
 
 
 def _flatten(maps: list[Tensor], per_prior: int) -> Tensor:

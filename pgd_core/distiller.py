@@ -233,13 +233,12 @@ class PGDDistiller(SingleStageDetector):
                 [s.metainfo["img_shape"][:2] for s in batch_data_samples],
             )
             maps = self.region_maps(preds, batch_data_samples)
-        losses.update(self._kd_losses(maps))
+        losses.update(self._kd_losses(maps, len(preds.level_shapes)))
         return losses
 
-    def region_maps(
-        self, preds: DensePredictions, batch_data_samples: list
-    ) -> dict[str, list[Tensor]]:
-        """Cls, reg and background maps per level: {'cls'|'reg'|'bg': [Tensor[B, H, W]]}.
+    def region_maps(self, preds: DensePredictions, batch_data_samples: list) -> dict[str, Tensor]:
+        """Cls, reg and background maps {'cls'|'reg'|'bg': Tensor[B, M]} over the levels'
+        locations concatenated (``preds.split_locations`` gives them per level).
 
         The whole batch at once: GTs are padded to the largest count in the batch.
         """
@@ -262,13 +261,12 @@ class PGDDistiller(SingleStageDetector):
                 gaussian=s.method != "pgd_no_gaussian",
             )
         return {
-            k: preds.split_levels(v) for k, v in (("cls", cls_map), ("reg", reg_map), ("bg", bg))
+            k: preds.per_location(v) for k, v in (("cls", cls_map), ("reg", reg_map), ("bg", bg))
         }
 
-    def _kd_losses(self, maps: dict[str, list[Tensor]]) -> dict[str, Tensor]:
+    def _kd_losses(self, maps: dict[str, Tensor], levels: int) -> dict[str, Tensor]:
         s = self.settings
         student, teacher = self._student_towers, self._teacher_towers
-        levels = len(maps["cls"])
         for who, rec in (("student", student), ("teacher", teacher)):
             if len(rec.cls) != levels or len(rec.reg) != levels:
                 raise RuntimeError(
@@ -285,9 +283,9 @@ class PGDDistiller(SingleStageDetector):
             teacher.cls,
             s_reg,
             teacher.reg,
-            [m.to(dtype) for m in maps["cls"]],
-            [m.to(dtype) for m in maps["bg"]],
-            [m.to(dtype) for m in maps["reg"]],
+            maps["cls"].to(dtype),
+            maps["bg"].to(dtype),
+            maps["reg"].to(dtype),
             temp=s.temp,
             alpha=s.alpha,
             beta=s.beta,

@@ -164,9 +164,9 @@ def pgd_multilevel_losses(
     t_cls: list[Tensor],
     s_reg: list[Tensor],
     t_reg: list[Tensor],
-    cls_maps: list[Tensor],
-    bg_maps: list[Tensor],
-    reg_maps: list[Tensor],
+    cls_map: Tensor,
+    bg_map: Tensor,
+    reg_map: Tensor,
     *,
     temp: float,
     alpha: float,
@@ -185,7 +185,8 @@ def pgd_multilevel_losses(
 
     Args:
         s_cls, t_cls, s_reg, t_reg ([Tensor[N, C, H_l, W_l]]): tower features per level.
-        cls_maps, bg_maps, reg_maps ([Tensor[N, H_l, W_l]]): weight maps per level.
+        cls_map, bg_map, reg_map (Tensor[N, M]): weight maps over the levels' locations
+            concatenated (level, row, column; M = sum H_l W_l), as the features flatten.
         level_weights: lambda_l per level (classification branch only).
         with_reg: False skips the regression branch (returns None for it).
 
@@ -194,6 +195,11 @@ def pgd_multilevel_losses(
     """
     sizes = [f.shape[2] * f.shape[3] for f in s_cls]
     levels = len(sizes)
+    for name, m in (("cls_map", cls_map), ("bg_map", bg_map), ("reg_map", reg_map)):
+        if tuple(m.shape) != (s_cls[0].shape[0], sum(sizes)):
+            raise ValueError(
+                f"{name} must be (N, M) = {(s_cls[0].shape[0], sum(sizes))}, got {tuple(m.shape)}"
+            )
     device = s_cls[0].device
     level_id = torch.repeat_interleave(
         torch.arange(levels, device=device), torch.tensor(sizes, device=device)
@@ -202,12 +208,8 @@ def pgd_multilevel_losses(
     n, c, _ = s.shape
     with torch.no_grad():
         lam = torch.tensor(level_weights[:levels], dtype=s.dtype, device=device)[level_id]
-        fg = _per_image_level_norm(
-            _flatten_levels([m[:, None] for m in cls_maps])[:, 0], level_id, levels
-        )
-        bg = _per_image_level_norm(
-            _flatten_levels([m[:, None] for m in bg_maps])[:, 0], level_id, levels
-        )
+        fg = _per_image_level_norm(cls_map, level_id, levels)
+        bg = _per_image_level_norm(bg_map, level_id, levels)
         att_c_t = c * (t.abs() / temp).softmax(dim=1)
         att_s_t = _spatial_attention_flat(t.abs().mean(dim=1), sizes, temp)
         inv_hw = 1.0 / torch.tensor(sizes, dtype=s.dtype, device=device)[level_id]
@@ -219,14 +221,14 @@ def pgd_multilevel_losses(
     if not with_reg:
         return cls_loss, None
     return cls_loss, _multilevel_reg(
-        s_reg, t_reg, reg_maps, level_id, levels, temp=temp, gamma=gamma, delta=delta
+        s_reg, t_reg, reg_map, level_id, levels, temp=temp, gamma=gamma, delta=delta
     )
 
 
 def _multilevel_reg(
     s_reg: list[Tensor],
     t_reg: list[Tensor],
-    reg_maps: list[Tensor],
+    r: Tensor,
     level_id: Tensor,
     levels: int,
     *,
@@ -235,7 +237,6 @@ def _multilevel_reg(
     delta: float,
 ) -> Tensor:
     """Sum over levels of :func:`pgd_reg_loss` on level-concatenated locations."""
-    r = _flatten_levels([m[:, None] for m in reg_maps])[:, 0]  # (N, M)
     keep = r > 0
     s = _flatten_levels(s_reg).transpose(1, 2)[keep]  # (P, C)
     if s.shape[0] == 0:

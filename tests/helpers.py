@@ -31,6 +31,7 @@ def build_distiller(detector: str, method: str = "pgd", num_classes: int = 3, **
 
 def synthetic_batch(
     num_images: int = 2,
+    size: int = IMG,
     num_classes: int = 3,
     seed: int = 0,
     gts_per_image: tuple[int, ...] | None = None,
@@ -40,17 +41,17 @@ def synthetic_batch(
     gts_per_image = gts_per_image or tuple(3 + i for i in range(num_images))
     inputs, samples = [], []
     for i in range(num_images):
-        inputs.append(torch.randint(0, 256, (3, IMG, IMG), generator=gen, dtype=torch.uint8))
+        inputs.append(torch.randint(0, 256, (3, size, size), generator=gen, dtype=torch.uint8))
         g = gts_per_image[i]
-        xy = torch.rand(g, 2, generator=gen) * (IMG - 60)
+        xy = torch.rand(g, 2, generator=gen) * (size - 60)
         wh = 16 + torch.rand(g, 2, generator=gen) * 40
         sample = DetDataSample(
             metainfo=dict(
-                img_shape=(IMG, IMG),
-                ori_shape=(IMG, IMG),
-                pad_shape=(IMG, IMG),
+                img_shape=(size, size),
+                ori_shape=(size, size),
+                pad_shape=(size, size),
                 scale_factor=(1.0, 1.0),
-                batch_input_shape=(IMG, IMG),
+                batch_input_shape=(size, size),
                 img_id=i,
             )
         )

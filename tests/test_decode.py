@@ -46,14 +46,25 @@ def test_decoded_boxes_are_the_heads_test_time_boxes(detector: str) -> None:
     assert preds.centers.shape == (ours.shape[0], 2)
 
 
-def test_split_levels_restores_grids() -> None:
+def test_per_location_and_split_locations_restore_grids() -> None:
     model = _plain_teacher("atss")
     batch = model.data_preprocessor(synthetic_batch(num_images=2), False)
     with torch.no_grad():
         outs = model.bbox_head(model.extract_feat(batch["inputs"]))
     preds = decode_dense(model.bbox_head, outs[0], outs[1], [(160, 160)] * 2)
     values = torch.arange(preds.cls_logits.shape[1], dtype=torch.float32).expand(2, -1)
-    maps = preds.split_levels(values)
+    maps = preds.split_locations(preds.per_location(values))
     assert [tuple(m.shape) for m in maps] == [(2,) + tuple(c.shape[-2:]) for c in outs[0]]
-    # Row-major order: the first level's (0, 1) entry is prior 1.
+    # Row-major order: the first level's (0, 1) entry is prior 1, and the second
+    # level starts after the first one's locations.
     assert maps[0][0, 0, 1] == 1 and maps[1][0, 0, 0] == maps[0][0].numel()
+
+
+def test_per_location_takes_the_max_over_anchors() -> None:
+    from pgd_core.decode import DensePredictions
+
+    # Two levels of 2x1 and 1x1 locations, two anchors each: 6 priors, 3 locations.
+    shapes = [(2, 1, 2), (1, 1, 2)]
+    preds = DensePredictions(torch.zeros(6, 2), torch.zeros(1, 6, 1), torch.zeros(1, 6, 4), shapes)
+    values = torch.tensor([[0.1, 0.5, 0.7, 0.2, 0.3, 0.0]])
+    assert torch.equal(preds.per_location(values), torch.tensor([[0.5, 0.7, 0.3]]))

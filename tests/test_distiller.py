@@ -144,8 +144,8 @@ def test_fgd_box_maps_are_inside_boxes() -> None:
 
     preds = decode_dense(model.teacher.bbox_head, cls_scores, bbox_preds, [(160, 160)])
     maps = model.region_maps(preds, batch["data_samples"])
-    for fg, bg in zip(maps["cls"], maps["bg"]):
-        assert torch.equal(fg + bg, torch.ones_like(fg))
+    assert torch.equal(maps["cls"] + maps["bg"], torch.ones_like(maps["bg"]))
+    assert torch.equal(maps["reg"], maps["cls"])
 
 
 def _pairing_cfg(detector: str, **teacher_changes):
@@ -225,12 +225,16 @@ def test_kd_losses_are_the_per_level_formulas(detector: str) -> None:
             loss_weight=lw,
         )
         for st, te, fg, bg, lw in zip(
-            student.cls, teacher.cls, maps["cls"], maps["bg"], s.level_weights
+            student.cls,
+            teacher.cls,
+            preds.split_locations(maps["cls"]),
+            preds.split_locations(maps["bg"]),
+            s.level_weights,
         )
     )
     reg_ref = sum(
         pgd_reg_loss(st, te, r, temp=s.temp, gamma=s.gamma, delta=s.delta)
-        for st, te, r in zip(student.reg, teacher.reg, maps["reg"])
+        for st, te, r in zip(student.reg, teacher.reg, preds.split_locations(maps["reg"]))
     )
     assert float(cls_ref) > 0 and float(reg_ref) > 0
     torch.testing.assert_close(losses["loss_pgd_cls"], cls_ref, rtol=1e-5, atol=1e-7)
@@ -261,9 +265,31 @@ def test_region_maps_match_single_image_functions() -> None:
                 alpha=a,
                 topk=s.topk,
             )
-            got = torch.cat([m[i].flatten() for m in maps[branch]])
+            got = maps[branch][i]
             torch.testing.assert_close(got, ref)
-        got_bg = torch.cat([m[i].flatten() for m in maps["bg"]])
+        got_bg = maps["bg"][i]
         assert torch.equal(got_bg, background_mask(preds.centers, gt.bboxes))
         if len(gt.bboxes) == 0:
-            assert float(torch.cat([m[i].flatten() for m in maps["cls"]]).sum()) == 0.0
+            assert float(maps["cls"][i].sum()) == 0.0
+
+
+def test_ddod_with_deformable_conv_distils_at_384px() -> None:
+    """The paper's DDOD has a deformable first tower conv; its CPU kernel needs P7 >= 3x3."""
+    from mmcv.ops import DeformConv2dPack
+
+    spec = tiny_spec("ddod")
+    spec = spec.model_copy(
+        update={
+            "student": spec.student.model_copy(update={"use_dcn": True}),
+            "teacher": spec.teacher.model_copy(update={"use_dcn": True}),
+        }
+    )
+    model = MODELS.build(ConfigDict(model_cfg(spec, 3)))
+    model.init_weights()
+    assert isinstance(model.bbox_head.cls_convs[0].conv, DeformConv2dPack)
+    assert isinstance(model.teacher.bbox_head.reg_convs[0].conv, DeformConv2dPack)
+    model.train()
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.001))
+    log = model.train_step(synthetic_batch(num_images=1, size=384), optim)
+    assert all(torch.isfinite(torch.as_tensor(v)) for v in log.values())
+    assert float(log["loss_pgd_cls"]) > 0

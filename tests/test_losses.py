@@ -400,8 +400,12 @@ def test_multilevel_equals_sum_of_per_level_losses(seed: int) -> None:
     bg = [(rand(n, h, w) > 0).double() for h, w in shapes]
     kw = dict(temp=0.7, alpha=0.05, beta=0.02, gamma=0.08, delta=1e-3)
     lam = (1.0, 1.25, 1.5, 1.75, 2.0)
+
+    def flat(maps):
+        return torch.cat([m.flatten(1) for m in maps], dim=1)
+
     cls, reg = pgd_multilevel_losses(
-        s_cls, t_cls, s_reg, t_reg, sparse, bg, sparse, level_weights=lam, **kw
+        s_cls, t_cls, s_reg, t_reg, flat(sparse), flat(bg), flat(sparse), level_weights=lam, **kw
     )
     cls_ref = sum(
         pgd_cls_loss(

@@ -665,7 +665,8 @@ def plot_mr_fppi(evaluation: CrowdHumanEvaluation, path: str | os.PathLike[str])
         fontsize=10,
     )
     ax.grid(True, which="major", alpha=0.35)
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.95)  # the curve falls away from it
+    # Lower left: the curve starts high on the left and falls to the right.
+    ax.legend(loc="lower left", fontsize=8, framealpha=0.95)
     fig.tight_layout()
     target = Path(path)
     _save_png_atomic(fig, target)
