@@ -24,14 +24,13 @@ API can import this module.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgd_core.datasets import DatasetError
+from pgd_core.datasets import DatasetError, read_json_file
 
 __all__ = ["CocoSummary", "validate_coco"]
 
@@ -94,23 +93,6 @@ def _is_number(value: object) -> bool:
 
 def _missing(entry: dict, keys: Iterable[str]) -> str:
     return ", ".join(key for key in keys if key not in entry)
-
-
-def _read_json(path: Path) -> object:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: annotation file does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read annotation file ({exc.strerror or exc})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(
-            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
 
 
 def _top_level(path: Path, data: object) -> tuple[list, list, list]:
@@ -422,7 +404,9 @@ def validate_coco(
     if isinstance(classes, str):
         raise TypeError("classes must be a list of class names, not a string")
     path = Path(ann_file)
-    images_raw, annotations_raw, categories_raw = _top_level(path, _read_json(path))
+    images_raw, annotations_raw, categories_raw = _top_level(
+        path, read_json_file(path, "annotation file")
+    )
     categories = _check_categories(path, categories_raw)
     if classes is not None:
         _check_classes(path, categories.values(), classes)

@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +36,12 @@ from PIL import Image, ImageDraw
 from pgd_core.datasets import (
     DatasetError,
     DatasetInfo,
-    load_dataset_info,
     validate_dataset_name,
     write_manifest,
 )
 
 # Argument checks and the atomic folder swap are shared with the shapes generator.
-from pgd_core.synthetic import _check_image_size, _check_int, _move_into_place, _target_exists
+from pgd_core.synthetic import _check_image_size, _check_int, write_dataset_atomically
 
 __all__ = [
     "TAGS",
@@ -660,15 +657,8 @@ def make_crowdhuman_like(
     width, height = _check_image_size(image_size)
     min_people, max_people = _check_people(min_people, max_people)
     seed = _check_int("seed", seed, 0)
-    data_root = Path(data_root)
-    target = data_root / name
-    _target_exists(target, overwrite)  # fail before spending time on generation
-    data_root.mkdir(parents=True, exist_ok=True)
-    # Hidden sibling on the same file system: the final rename is atomic and
-    # list_datasets never sees a half-written data set.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=data_root))
-    try:
-        tmp.chmod(0o755)  # mkdtemp creates 0700; the API server must read it
+
+    def fill(tmp: Path) -> None:
         for split_index, split in enumerate(_SPLITS):
             _write_split(
                 tmp,
@@ -683,8 +673,5 @@ def make_crowdhuman_like(
             )
         splits = {s: {"ann_file": f"{s}.odgt", "img_dir": f"images/{s}"} for s in _SPLITS}
         write_manifest(tmp, format="crowdhuman", classes=["person"], splits=splits)
-        _move_into_place(tmp, target, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return load_dataset_info(data_root, name)
+
+    return write_dataset_atomically(data_root, name, fill, overwrite=overwrite)

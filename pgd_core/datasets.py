@@ -216,13 +216,17 @@ def _parse_manifest(where: str, data: object) -> tuple[str, tuple[str, ...], _Re
     return fmt, classes, splits
 
 
-def _read_json(path: Path) -> object:
+def read_json_file(path: Path, what: str = "manifest") -> object:
+    """Parse a JSON file; every failure is a DatasetError naming the file (and the
+    line and column of a syntax error). ``what`` names the file's role in messages."""
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: {what} does not exist") from None
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
-        raise DatasetError(f"{path}: cannot read manifest ({exc.strerror or exc})") from None
+        raise DatasetError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -249,7 +253,7 @@ def load_dataset_info(data_root: str | os.PathLike[str], name: str) -> DatasetIn
     manifest = root / MANIFEST_NAME
     if not manifest.is_file():
         raise DatasetError(f"{manifest}: data set {name!r} has no manifest")
-    fmt, classes, rel_splits = _parse_manifest(str(manifest), _read_json(manifest))
+    fmt, classes, rel_splits = _parse_manifest(str(manifest), read_json_file(manifest))
     splits = {
         split_name: _resolve_split(manifest, root, split_name, ann, img)
         for split_name, (ann, img) in rel_splits.items()

@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -381,18 +381,9 @@ def make_coco_shapes(
     min_size = _check_int("min_size", min_size, MIN_OBJECT_SIZE, max_side)
     seed = _check_int("seed", seed, 0)
 
-    data_root = Path(data_root)
-    target = data_root / name
-    # Fail before spending time on generation; checked again at the rename.
-    _target_exists(target, overwrite)
-    data_root.mkdir(parents=True, exist_ok=True)
-
     classes = [shape for shape, _ in SHAPES[:num_classes]]
-    # Hidden sibling on the same file system, so the final rename is atomic and
-    # list_datasets never sees a half-written data set.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=data_root))
-    try:
-        tmp.chmod(0o755)  # mkdtemp creates 0700; the API server must read it
+
+    def fill(tmp: Path) -> None:
         for split_index, split in enumerate(_SPLITS):
             _write_split(
                 tmp,
@@ -410,6 +401,34 @@ def make_coco_shapes(
             s: {"ann_file": f"annotations/{s}.json", "img_dir": f"images/{s}"} for s in _SPLITS
         }
         write_manifest(tmp, format="coco", classes=classes, splits=splits)
+
+    return write_dataset_atomically(data_root, name, fill, overwrite=overwrite)
+
+
+def write_dataset_atomically(
+    data_root: str | os.PathLike[str],
+    name: str,
+    fill: Callable[[Path], None],
+    *,
+    overwrite: bool = False,
+) -> DatasetInfo:
+    """Let ``fill`` write a data set into a hidden temporary folder, then rename it
+    to ``<data_root>/<name>``: a crash never leaves a half-written data set.
+
+    Raises:
+        FileExistsError: if the data set exists and ``overwrite`` is False.
+    """
+    data_root = Path(data_root)
+    target = data_root / name
+    # Fail before spending time on generation; checked again at the rename.
+    _target_exists(target, overwrite)
+    data_root.mkdir(parents=True, exist_ok=True)
+    # Hidden sibling on the same file system, so the final rename is atomic and
+    # list_datasets never sees a half-written data set.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=data_root))
+    try:
+        tmp.chmod(0o755)  # mkdtemp creates 0700; the API server must read it
+        fill(tmp)
         _move_into_place(tmp, target, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
