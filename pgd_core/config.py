@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pgd_core.datasets import DatasetInfo
-from pgd_core.models import data_preprocessor, detector_cfg
+from pgd_core.models import detector_cfg
 from pgd_core.spec import RunSpec
 
 _DATASET_TYPES = {"coco": "CocoDataset", "crowdhuman": "CrowdHumanDataset"}
@@ -245,4 +245,4 @@ def runner_cfg(
     return cfg
 
 
-__all__ = ["model_cfg", "runner_cfg", "data_preprocessor"]
+__all__ = ["PLOT_DIR", "model_cfg", "runner_cfg"]
