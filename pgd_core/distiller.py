@@ -220,8 +220,8 @@ class PGDDistiller(SingleStageDetector):
         """The student's own losses plus the KD terms of every level."""
         if self.teacher is None:
             return super().loss(batch_inputs, batch_data_samples)
-        with self._student_towers.recording():
-            losses = super().loss(batch_inputs, batch_data_samples)
+        # Teacher first: its activations are freed before the student's forward,
+        # and the student's forward and backward stay back to back.
         with torch.no_grad(), self._teacher_towers.recording():
             cls_scores, bbox_preds = self.teacher.bbox_head(
                 self.teacher.extract_feat(batch_inputs)
@@ -233,6 +233,8 @@ class PGDDistiller(SingleStageDetector):
                 [s.metainfo["img_shape"][:2] for s in batch_data_samples],
             )
             maps = self.region_maps(preds, batch_data_samples)
+        with self._student_towers.recording():
+            losses = super().loss(batch_inputs, batch_data_samples)
         losses.update(self._kd_losses(maps, len(preds.level_shapes)))
         return losses
 
