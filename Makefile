@@ -35,8 +35,8 @@ test-all: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check pgd_core tests bench
-	$(BIN)/ruff format --check pgd_core tests bench
+	$(BIN)/ruff check pgd_core api migrations tests bench
+	$(BIN)/ruff format --check pgd_core api migrations tests bench
 
 bench: setup
 	$(BIN)/python bench/bench_regions.py

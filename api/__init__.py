@@ -1,0 +1,1 @@
+"""The orchestration service: REST API, persistence and settings (never imports torch)."""

@@ -1,0 +1,196 @@
+"""SQLAlchemy 2 models: the one schema of the service (created only through Alembic)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column
+
+from api.db.types import BigIntPK, UTCDateTime, utcnow
+
+JOB_STATES: tuple[str, ...] = (
+    "queued",
+    "running",
+    "cancelling",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
+JOB_KINDS: tuple[str, ...] = ("train", "distill", "evaluate")
+
+# Deterministic constraint names: Alembic can only drop or alter (and SQLite's
+# batch mode can only rebuild) constraints that have names.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Sweep(Base):
+    """A grid over hyper-parameters, seeds or methods; its jobs point back to it."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_new_id)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    grid: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Job(Base):
+    """One run (train, distill or evaluate); this row, not the broker, is the truth."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_in("state", JOB_STATES), name="state"),
+        CheckConstraint(_in("kind", JOB_KINDS), name="kind"),
+        CheckConstraint("progress >= 0 AND progress <= 1", name="progress"),
+        CheckConstraint("attempt >= 0", name="attempt"),
+        UniqueConstraint("owner", "idempotency_key"),
+        Index("ix_jobs_owner_seq", "owner", "seq"),
+        Index("ix_jobs_state", "state"),
+        # The reaper's query: running jobs whose heartbeat is stale.
+        Index("ix_jobs_state_heartbeat_at", "state", "heartbeat_at"),
+        Index("ix_jobs_sweep_id", "sweep_id"),
+        Index("ix_jobs_teacher_job_id", "teacher_job_id"),
+    )
+    # Fetch server-generated values (seq) with RETURNING at insert time.
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_new_id)
+    # Insertion order for cursor pagination: UUIDs do not sort by time.
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    detector: Mapped[str] = mapped_column(String(32))
+    dataset: Mapped[str] = mapped_column(String(128))
+    method: Mapped[str] = mapped_column(String(32))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    reason: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    owner: Mapped[str] = mapped_column(String(128))
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"))
+    teacher_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+@event.listens_for(Job, "before_insert")
+def _number_job_without_identity(mapper: Mapper[Job], connection: Connection, job: Job) -> None:
+    # SQLite has no identity columns (only the rowid, which Job's UUID key is
+    # not). Its writers are serialised, so max + 1 inside the INSERT is safe
+    # there; PostgreSQL uses the identity column instead.
+    if job.seq is None and not connection.dialect.supports_identity_columns:
+        job.seq = select(func.coalesce(func.max(Job.seq), 0) + 1).scalar_subquery()  # type: ignore[assignment]
+
+
+class MetricPoint(Base):
+    """One scalar (a loss, the lr, an eval metric) at one step of a job."""
+
+    __tablename__ = "metric_points"
+    # A resumed job re-logging a step must not duplicate it.
+    __table_args__ = (UniqueConstraint("job_id", "step", "name"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+
+
+class EvalResult(Base):
+    """The final COCO-style (and CrowdHuman) metrics of a job, one row per evaluated model."""
+
+    __tablename__ = "eval_results"
+    __table_args__ = (Index("ix_eval_results_leaderboard", "dataset", "detector", "method", "ap"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    dataset: Mapped[str] = mapped_column(String(128))
+    detector: Mapped[str] = mapped_column(String(32))
+    method: Mapped[str] = mapped_column(String(32))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Copies of the headline metrics as columns so the leaderboard sorts on an index.
+    ap: Mapped[float | None] = mapped_column(Float)
+    ap50: Mapped[float | None] = mapped_column(Float)
+    ap75: Mapped[float | None] = mapped_column(Float)
+    aps: Mapped[float | None] = mapped_column(Float)
+    apm: Mapped[float | None] = mapped_column(Float)
+    apl: Mapped[float | None] = mapped_column(Float)
+    mr: Mapped[float | None] = mapped_column(Float)
+    ji: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Artifact(Base):
+    """A file a job produced (checkpoint, plot, log), stored under the work root."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(String(1024))
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token; only its hash is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
