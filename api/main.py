@@ -1,0 +1,27 @@
+"""The FastAPI application: ``create_app`` wires settings, database, errors and routes."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from api.db.session import make_engine, make_session_factory
+from api.problems import install_problem_handlers
+from api.routes import jobs, meta
+from api.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app; building the engine opens no connection, so import stays DB-free."""
+    settings = settings or get_settings()
+    app = FastAPI(title="pgd", summary="Prediction-guided distillation runs as a service")
+    app.state.settings = settings
+    app.state.engine = make_engine(settings.database_url)
+    app.state.session_factory = make_session_factory(app.state.engine)
+    install_problem_handlers(app)
+    app.include_router(meta.public)
+    app.include_router(meta.router)
+    app.include_router(jobs.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,88 @@
+"""``/jobs``: submit, read, list and cancel runs. Queries live in api.services.jobs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
+from sqlalchemy.orm import Session
+
+from api.auth import current_token
+from api.db.models import ApiToken, Job
+from api.deps import get_app_settings, get_db
+from api.schemas import JobCreate, JobPage, JobRead
+from api.services import jobs as service
+from api.settings import Settings
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def _found(job: Job | None, job_id: str) -> Job:
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    return job
+
+
+@router.post("", status_code=202, response_model=JobRead)
+def create_job(
+    spec: JobCreate,
+    response: Response,
+    idempotency_key: str | None = Header(None, max_length=128),
+    token: ApiToken = Depends(current_token),
+    db_session: Session = Depends(get_db),
+    settings: Settings = Depends(get_app_settings),
+) -> Job:
+    """Queue a run; the same Idempotency-Key and spec return the same job."""
+    try:
+        job, created = service.create(
+            db_session=db_session,
+            spec=spec,
+            owner=token.owner,
+            max_attempts=settings.max_attempts,
+            idempotency_key=idempotency_key,
+        )
+    except service.IdempotencyConflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    response.headers["Location"] = f"/jobs/{job.id}"
+    if not created:
+        response.status_code = 200
+    return job
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    filters: service.JobFilters = Depends(),
+    limit: int = Query(20, ge=1, le=200),
+    cursor: str | None = Query(None, max_length=64),
+    token: ApiToken = Depends(current_token),
+    db_session: Session = Depends(get_db),
+) -> JobPage:
+    """Jobs visible to the caller, newest first, with filters and cursor pagination."""
+    try:
+        rows, next_cursor = service.list_page(
+            db_session=db_session, token=token, filters=filters, limit=limit, cursor=cursor
+        )
+    except service.InvalidCursor as exc:
+        raise HTTPException(422, str(exc)) from None
+    return JobPage(items=[JobRead.model_validate(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobRead)
+def get_job(
+    job_id: str,
+    token: ApiToken = Depends(current_token),
+    db_session: Session = Depends(get_db),
+) -> Job:
+    """One job (404 if it does not exist or belongs to another owner)."""
+    return _found(service.get(db_session=db_session, job_id=job_id, token=token), job_id)
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobRead)
+def cancel_job(
+    job_id: str,
+    token: ApiToken = Depends(current_token),
+    db_session: Session = Depends(get_db),
+) -> Job:
+    """Cancel a queued job at once, or ask a running one to stop; 409 once it has finished."""
+    job = _found(service.get(db_session=db_session, job_id=job_id, token=token), job_id)
+    if not service.cancel(db_session=db_session, job=job):
+        raise HTTPException(409, f"job {job_id} is already {job.state}")
+    return job

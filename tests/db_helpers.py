@@ -1,0 +1,52 @@
+"""Real databases for tests: a throwaway PostgreSQL schema or a SQLite file, and
+Alembic pointed at them (the schema is made only by migrations)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.config import Config
+
+from api.db.session import make_engine
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+TABLES = {"jobs", "sweeps", "metric_points", "eval_results", "artifacts", "api_tokens"}
+
+
+def pg_schema_url() -> Iterator[str]:
+    admin = make_engine(PG_SERVER)
+    try:
+        with admin.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL unreachable at {PG_SERVER}: {exc.orig}")
+    schema = f"pgd_test_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        # search_path puts every table, index, sequence and alembic_version there.
+        yield f"{PG_SERVER}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def database_url_for(backend: str, tmp_path: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'pgd.db'}"
+    else:
+        yield from pg_schema_url()
+
+
+def alembic_config(url: str) -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["configure_logger"] = False
+    return config
