@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from api.db.session import make_engine, make_session_factory
 from api.problems import install_problem_handlers
-from api.routes import jobs, meta
+from api.routes import job_data, jobs, meta, results
 from api.settings import Settings, get_settings
 
 
@@ -21,6 +21,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(meta.public)
     app.include_router(meta.router)
     app.include_router(jobs.router)
+    app.include_router(job_data.router)
+    app.include_router(results.router)
     return app
 
 

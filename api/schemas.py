@@ -59,3 +59,63 @@ class DatasetRead(BaseModel):
     format: str
     classes: list[str]
     splits: list[str]
+
+
+class ResultRow(BaseModel):
+    """One evaluation result on the leaderboard.
+
+    Distilled rows (``distill`` jobs with a teacher job) also carry the teacher's
+    and the no-KD student baseline's numbers and the deltas (this row minus the
+    other); every other row has those fields null. For ``mr`` (miss rate) lower is
+    better, so a negative delta is an improvement.
+    """
+
+    id: int
+    job_id: str
+    kind: str
+    dataset: str
+    detector: str
+    method: str
+    ap: float | None
+    ap50: float | None
+    ap75: float | None
+    aps: float | None
+    apm: float | None
+    apl: float | None
+    mr: float | None
+    ji: float | None
+    metrics: dict[str, Any]
+    created_at: datetime
+    teacher_job_id: str | None
+    teacher_ap: float | None
+    teacher_ap50: float | None
+    teacher_ap75: float | None
+    teacher_aps: float | None
+    teacher_apm: float | None
+    teacher_apl: float | None
+    teacher_mr: float | None
+    teacher_ji: float | None
+    baseline_job_id: str | None
+    baseline_ap: float | None
+    baseline_ap50: float | None
+    baseline_ap75: float | None
+    baseline_aps: float | None
+    baseline_apm: float | None
+    baseline_apl: float | None
+    baseline_mr: float | None
+    baseline_ji: float | None
+    delta_ap_vs_baseline: float | None
+    delta_ap_vs_teacher: float | None
+    delta_mr_vs_baseline: float | None
+    delta_mr_vs_teacher: float | None
+    delta_ji_vs_baseline: float | None
+    delta_ji_vs_teacher: float | None
+
+
+class ResultPage(BaseModel):
+    """One offset page of the leaderboard; ``next_offset`` is null on the last page."""
+
+    items: list[ResultRow]
+    limit: int
+    offset: int
+    next_offset: int | None

@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: PositiveFloat = Field(
         300.0, description="a running job whose heartbeat is older than this is re-queued"
     )
+    events_poll_s: PositiveFloat = Field(
+        1.0, description="how often GET /jobs/{id}/events polls the database for changes"
+    )
+    events_keepalive_s: PositiveFloat = Field(
+        15.0, description="an idle event stream sends a comment this often (drops dead clients)"
+    )
+    events_max_s: PositiveFloat = Field(
+        3600.0, description="an event stream closes after this long; clients reconnect"
+    )
 
     @model_validator(mode="after")
     def _production_needs_a_server_database(self) -> Settings:

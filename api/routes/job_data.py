@@ -1,0 +1,118 @@
+"""``/jobs/{id}``: retry, metrics, artifacts and live events (logic: api.services.job_data)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from sqlalchemy.orm import Session
+
+from api.auth import current_token
+from api.db.models import ApiToken, Artifact, Job
+from api.deps import get_app_settings, get_db
+from api.schemas import JobRead
+from api.schemas_job_data import ArtifactRead, MetricSeries
+from api.services import job_data as service
+from api.services import jobs as job_service
+from api.settings import Settings
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def _visible_job(job_id: str, token: ApiToken, db_session: Session) -> Job:
+    """The job if the caller owns it or is an admin; 404 otherwise (as ``GET /jobs/{id}``)."""
+    job = job_service.get(db_session=db_session, job_id=job_id, token=token)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    return job
+
+
+@router.post("/{job_id}/retry", status_code=202, response_model=JobRead)
+def retry_job(
+    job_id: str,
+    token: ApiToken = Depends(current_token),
+    db_session: Session = Depends(get_db),
+) -> Job:
+    """Queue a failed or cancelled job again with its attempt raised; 409 in any other state."""
+    job = _visible_job(job_id, token, db_session)
+    if not service.retry(db_session=db_session, job=job):
+        raise HTTPException(
+            409, f"job {job_id} is {job.state}; only failed or cancelled jobs can be retried"
+        )
+    return job
+
+
+@router.get("/{job_id}/metrics", response_model=MetricSeries)
+def job_metrics(
+    job_id: str,
+    name: list[str] | None = Query(None, max_length=64, description="only these metrics"),
+    token: ApiToken = Depends(current_token),
+    db_session: Session = Depends(get_db),
+) -> MetricSeries:
+    """The job's metric points as series by name, each ordered by step."""
+    job = _visible_job(job_id, token, db_session)
+    series = service.metric_series(db_session=db_session, job_id=job.id, names=name)
+    return MetricSeries.model_validate({"series": series})
+
+
+@router.get("/{job_id}/artifacts", response_model=list[ArtifactRead])
+def job_artifacts(
+    job_id: str,
+    token: ApiToken = Depends(current_token),
+    db_session: Session = Depends(get_db),
+) -> list[Artifact]:
+    """The files the job produced (checkpoints, plots, logs), by name."""
+    job = _visible_job(job_id, token, db_session)
+    return service.list_artifacts(db_session=db_session, job_id=job.id)
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_artifact(
+    job_id: str,
+    name: str,
+    token: ApiToken = Depends(current_token),
+    db_session: Session = Depends(get_db),
+    settings: Settings = Depends(get_app_settings),
+) -> FileResponse:
+    """One artifact's file; 404 if unknown or missing, 403 if stored outside the work root."""
+    job = _visible_job(job_id, token, db_session)
+    try:
+        path = service.artifact_file(
+            db_session=db_session, job_id=job.id, name=name, work_root=settings.work_root
+        )
+    except service.ArtifactOutsideWorkRoot as exc:
+        raise HTTPException(403, str(exc)) from None
+    if path is None:
+        raise HTTPException(404, f"artifact {name} of job {job_id} not found")
+    return FileResponse(path, filename=name)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def job_events(
+    job_id: str,
+    request: Request,
+    token: ApiToken = Depends(current_token),
+    db_session: Session = Depends(get_db),
+    settings: Settings = Depends(get_app_settings),
+) -> StreamingResponse:
+    """Server-sent events: ``state`` (state, progress, attempt) and ``metric`` (step, name,
+    value), until the job has finished. ``Last-Event-ID`` is not supported: a
+    reconnecting client gets the current state and reads past metrics from
+    ``/jobs/{id}/metrics``."""
+    job = _visible_job(job_id, token, db_session)
+    stream = service.event_stream(
+        session_factory=request.app.state.session_factory,
+        job_id=job.id,
+        poll_s=settings.events_poll_s,
+        keepalive_s=settings.events_keepalive_s,
+        max_s=settings.events_max_s,
+    )
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)

@@ -1,0 +1,105 @@
+"""``/results``: the leaderboard, as JSON pages or a streamed CSV export.
+
+Queries live in api.services.results. Every valid token may read every result
+(any owner): a leaderboard is for comparing runs. Pagination is by offset
+(``limit`` + ``offset``): rows are ordered by a metric, not by insertion, so a
+keyset cursor would need the metric value and id; offset is simpler and a row
+evaluated during a walk may shift one page boundary.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+
+from api.auth import current_token
+from api.db.models import ApiToken
+from api.deps import get_db
+from api.schemas import ResultPage, ResultRow
+from api.services import results as service
+
+router = APIRouter(prefix="/results", tags=["results"])
+
+CSV_COLUMNS: tuple[str, ...] = tuple(name for name in ResultRow.model_fields if name != "metrics")
+
+
+def _wants_csv(request: Request, fmt: str | None) -> bool:
+    if fmt is not None:
+        return fmt == "csv"
+    accept = request.headers.get("accept", "")
+    return any(part.split(";")[0].strip() == "text/csv" for part in accept.split(","))
+
+
+def _csv_lines(request: Request, filters: service.ResultFilters, sort: str) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+
+    def flush() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    writer.writerow(CSV_COLUMNS)
+    yield flush()
+    # Its own session: the request's one may be closed before the body is streamed.
+    with request.app.state.session_factory() as db_session:
+        for count, row in enumerate(
+            service.iter_rows(db_session=db_session, filters=filters, sort=sort), 1
+        ):
+            writer.writerow([service.csv_value(row[name]) for name in CSV_COLUMNS])
+            if count % 500 == 0:
+                yield flush()
+    yield flush()
+
+
+@router.get(
+    "",
+    response_model=ResultPage,
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON page or CSV export"}},
+)
+def list_results(
+    request: Request,
+    filters: service.ResultFilters = Depends(),
+    sort: str = Query(
+        service.DEFAULT_SORT,
+        max_length=16,
+        description=f"one of {', '.join(service.SORT_KEYS)}; a leading - sorts descending",
+    ),
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+    format: Literal["json", "csv"] | None = Query(
+        None, description="csv exports every matching row (up to 100000), ignoring limit/offset"
+    ),
+    token: ApiToken = Depends(current_token),
+    db_session: Session = Depends(get_db),
+) -> ResultPage | StreamingResponse:
+    """Evaluation results with filters and sorting; distilled rows carry teacher/baseline deltas."""
+    try:
+        service.parse_sort(sort)
+    except service.InvalidSort as exc:
+        # Same shape as other invalid parameters; the "sort: " prefix names the field.
+        error = {"type": "value_error", "loc": ("query",), "msg": str(exc), "input": sort}
+        raise RequestValidationError([error]) from None
+    if _wants_csv(request, format):
+        return StreamingResponse(
+            _csv_lines(request, filters, sort),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="results.csv"'},
+        )
+    rows, next_offset = service.list_page(
+        db_session=db_session, filters=filters, sort=sort, limit=limit, offset=offset
+    )
+    return ResultPage(
+        items=[ResultRow.model_validate(row) for row in rows],
+        limit=limit,
+        offset=offset,
+        next_offset=next_offset,
+    )

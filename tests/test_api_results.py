@@ -1,0 +1,328 @@
+"""``GET /results``: the leaderboard, its teacher/baseline deltas and the CSV export,
+on SQLite and PostgreSQL migrated by Alembic (rows inserted directly in the database)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from db_helpers import alembic_config, database_url_for
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from api.auth import create_token
+from api.db.models import EvalResult, Job
+from api.main import create_app
+from api.routes.results import CSV_COLUMNS
+from api.services import results as service
+from api.settings import Settings
+
+DATASET = "coco-lb"
+NOISE_DATASET = "voc-lb"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _model(depth: int) -> dict[str, Any]:
+    return {"depth": depth, "base_channels": 64, "neck_channels": 256, "head_channels": 256}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def app(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FastAPI]:
+    data_root = tmp_path_factory.mktemp("data")
+    for url in database_url_for(request.param, tmp_path_factory.mktemp("db")):
+        command.upgrade(alembic_config(url), "head")
+        application = create_app(Settings(database_url=url, data_root=data_root))
+        yield application
+        application.state.engine.dispose()
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[httpx.Client]:
+    with TestClient(app) as http:
+        yield http
+
+
+@pytest.fixture
+def headers(app: FastAPI) -> dict[str, str]:
+    with app.state.session_factory() as session:
+        token = create_token(db_session=session, owner=f"reader-{uuid.uuid4().hex[:8]}")
+        session.commit()
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _add(
+    session: Any,
+    *,
+    kind: str,
+    student: int,
+    method: str = "none",
+    dataset: str = DATASET,
+    detector: str = "fcos",
+    state: str = "succeeded",
+    minutes: int = 0,
+    teacher_job_id: str | None = None,
+    teacher: int | None = None,
+    owner: str = "someone-else",
+    **metrics: float,
+) -> str:
+    spec: dict[str, Any] = {
+        "kind": kind,
+        "detector": detector,
+        "dataset": {"name": dataset},
+        "student": _model(student),
+        "teacher": _model(teacher) if teacher else None,
+        "method": method,
+        "seed": 0,
+    }
+    when = T0 + timedelta(minutes=minutes)
+    job = Job(
+        kind=kind,
+        detector=detector,
+        dataset=dataset,
+        method=method,
+        spec=spec,
+        spec_hash=uuid.uuid4().hex,
+        state=state,
+        owner=owner,
+        max_attempts=3,
+        teacher_job_id=teacher_job_id,
+        created_at=when,
+        finished_at=when + timedelta(minutes=30),
+    )
+    session.add(job)
+    session.flush()
+    session.add(
+        EvalResult(
+            job_id=job.id,
+            dataset=dataset,
+            detector=detector,
+            method=method,
+            metrics={"bbox_mAP": metrics.get("ap")},
+            created_at=when + timedelta(minutes=31),
+            **metrics,
+        )
+    )
+    session.flush()
+    return job.id
+
+
+@pytest.fixture(scope="module")
+def jobs(app: FastAPI) -> dict[str, str]:
+    """A teacher (R101), baselines (R50, one older, one failed, one R18) and two students."""
+    with app.state.session_factory() as session:
+        ids: dict[str, str] = {}
+        ids["teacher"] = _add(session, kind="train", student=101, ap=44.0, mr=0.40, ji=0.80)
+        ids["old_baseline"] = _add(session, kind="train", student=50, minutes=1, ap=37.0)
+        ids["baseline"] = _add(
+            session, kind="train", student=50, minutes=2, ap=38.2, ap50=58.0, mr=0.48, ji=0.74
+        )
+        # More recent but not eligible: another architecture, a failed run.
+        ids["r18"] = _add(session, kind="train", student=18, minutes=3, ap=33.0)
+        ids["failed"] = _add(session, kind="train", student=50, minutes=4, state="failed", ap=10.0)
+        ids["pgd"] = _add(
+            session,
+            kind="distill",
+            student=50,
+            teacher=101,
+            method="pgd",
+            minutes=5,
+            teacher_job_id=ids["teacher"],
+            ap=42.5,
+            ap50=61.0,
+            mr=0.44,
+            ji=0.77,
+        )
+        # A student with no matching baseline: teacher numbers only.
+        ids["r34_mse"] = _add(
+            session,
+            kind="distill",
+            student=34,
+            teacher=101,
+            method="feature_mse",
+            minutes=6,
+            teacher_job_id=ids["teacher"],
+            ap=40.0,
+        )
+        # Noise: another dataset, another detector.
+        ids["noise"] = _add(
+            session, kind="train", student=50, dataset=NOISE_DATASET, minutes=7, ap=99.0
+        )
+        ids["noise_atss"] = _add(
+            session, kind="train", student=50, detector="atss", minutes=8, ap=50.0
+        )
+        session.commit()
+    return ids
+
+
+def _get(client: httpx.Client, headers: dict[str, str], **params: Any) -> list[dict[str, Any]]:
+    response = client.get("/results", params=params, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+def _ids(rows: list[dict[str, Any]], jobs: dict[str, str]) -> list[str]:
+    names = {job_id: name for name, job_id in jobs.items()}
+    return [names[row["job_id"]] for row in rows]
+
+
+def test_default_sort_is_ap_descending(
+    client: httpx.Client, headers: dict[str, str], jobs: dict[str, str]
+) -> None:
+    rows = _get(client, headers, dataset=DATASET, detector="fcos")
+    assert _ids(rows, jobs) == [
+        "teacher",
+        "pgd",
+        "r34_mse",
+        "baseline",
+        "old_baseline",
+        "r18",
+        "failed",
+    ]
+
+
+def test_sort_ascending_and_by_other_columns(
+    client: httpx.Client, headers: dict[str, str], jobs: dict[str, str]
+) -> None:
+    rows = _get(client, headers, dataset=DATASET, detector="fcos", sort="ap")
+    assert _ids(rows, jobs)[0] == "failed" and _ids(rows, jobs)[-1] == "teacher"
+    # NULLs last in both directions (only three rows have a miss rate).
+    rows = _get(client, headers, dataset=DATASET, sort="mr")
+    assert _ids(rows, jobs)[:3] == ["teacher", "pgd", "baseline"]
+    rows = _get(client, headers, dataset=DATASET, sort="-mr")
+    assert _ids(rows, jobs)[:3] == ["baseline", "pgd", "teacher"]
+    rows = _get(client, headers, dataset=DATASET, sort="-created_at")
+    assert _ids(rows, jobs)[:2] == ["noise_atss", "r34_mse"]
+
+
+def test_filters(client: httpx.Client, headers: dict[str, str], jobs: dict[str, str]) -> None:
+    assert _ids(_get(client, headers, method="pgd"), jobs) == ["pgd"]
+    assert _ids(_get(client, headers, kind="distill"), jobs) == ["pgd", "r34_mse"]
+    assert _ids(_get(client, headers, dataset=NOISE_DATASET), jobs) == ["noise"]
+    assert _ids(_get(client, headers, detector="atss"), jobs) == ["noise_atss"]
+    assert _get(client, headers, dataset="nope") == []
+    every = _ids(_get(client, headers), jobs)
+    assert every[0] == "noise" and set(every) == set(jobs)
+
+
+def test_distilled_row_carries_teacher_baseline_and_deltas(
+    client: httpx.Client, headers: dict[str, str], jobs: dict[str, str]
+) -> None:
+    (row,) = _get(client, headers, method="pgd")
+    assert row["teacher_job_id"] == jobs["teacher"]
+    assert row["baseline_job_id"] == jobs["baseline"]  # the newest eligible one
+    assert (row["teacher_ap"], row["baseline_ap"], row["baseline_ap50"]) == (44.0, 38.2, 58.0)
+    assert row["delta_ap_vs_baseline"] == pytest.approx(4.3, abs=1e-9)
+    assert row["delta_ap_vs_teacher"] == pytest.approx(-1.5, abs=1e-9)
+    assert row["delta_mr_vs_baseline"] == pytest.approx(-0.04, abs=1e-9)
+    assert row["delta_mr_vs_teacher"] == pytest.approx(0.04, abs=1e-9)
+    assert row["delta_ji_vs_baseline"] == pytest.approx(0.03, abs=1e-9)
+    assert row["delta_ji_vs_teacher"] == pytest.approx(-0.03, abs=1e-9)
+    assert row["kind"] == "distill" and row["metrics"] == {"bbox_mAP": 42.5}
+
+
+def test_distilled_row_without_baseline_and_plain_rows(
+    client: httpx.Client, headers: dict[str, str], jobs: dict[str, str]
+) -> None:
+    (mse,) = _get(client, headers, method="feature_mse")
+    assert mse["teacher_ap"] == 44.0 and mse["delta_ap_vs_teacher"] == pytest.approx(-4.0)
+    assert mse["baseline_job_id"] is None and mse["delta_ap_vs_baseline"] is None
+    assert mse["delta_mr_vs_teacher"] is None  # the student has no miss rate
+    for row in _get(client, headers, kind="train"):
+        assert row["teacher_job_id"] is None and row["baseline_job_id"] is None
+        assert all(row[k] is None for k in row if k.startswith(("teacher_", "delta_")))
+
+
+def test_pagination_by_offset(
+    client: httpx.Client, headers: dict[str, str], jobs: dict[str, str]
+) -> None:
+    params = {"dataset": DATASET, "detector": "fcos", "limit": 3}
+    first = client.get("/results", params=params, headers=headers).json()
+    assert (first["limit"], first["offset"], first["next_offset"]) == (3, 0, 3)
+    last = client.get("/results", params={**params, "offset": 6}, headers=headers).json()
+    assert _ids(last["items"], jobs) == ["failed"] and last["next_offset"] is None
+    bad = client.get("/results", params={"limit": 501}, headers=headers)
+    assert bad.status_code == 422
+
+
+def test_constant_number_of_queries(
+    app: FastAPI, client: httpx.Client, headers: dict[str, str], jobs: dict[str, str]
+) -> None:
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    sa.event.listen(app.state.engine, "before_cursor_execute", count)
+    try:
+        _get(client, headers)
+    finally:
+        sa.event.remove(app.state.engine, "before_cursor_execute", count)
+    # The token lookup, the page, the candidate baselines.
+    assert len(statements) <= 3, statements
+
+
+def _csv(response: httpx.Response) -> list[list[str]]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/csv")
+    return list(csv.reader(io.StringIO(response.text)))
+
+
+def test_csv_export(client: httpx.Client, headers: dict[str, str], jobs: dict[str, str]) -> None:
+    params = {"dataset": DATASET, "detector": "fcos", "sort": "-ap", "limit": 1}
+    table = _csv(client.get("/results", params={**params, "format": "csv"}, headers=headers))
+    header, rows = table[0], table[1:]
+    assert tuple(header) == CSV_COLUMNS and "delta_ap_vs_baseline" in header
+    # Every matching row (limit does not apply), in the requested order.
+    assert [r[header.index("job_id")] for r in rows] == [
+        row["job_id"] for row in _get(client, headers, **{**params, "limit": 50})
+    ]
+    pgd = next(r for r in rows if r[header.index("job_id")] == jobs["pgd"])
+    assert float(pgd[header.index("delta_ap_vs_baseline")]) == pytest.approx(4.3, abs=1e-9)
+    assert pgd[header.index("baseline_job_id")] == jobs["baseline"]
+    teacher = next(r for r in rows if r[header.index("job_id")] == jobs["teacher"])
+    assert teacher[header.index("teacher_ap")] == ""
+    via_accept = client.get("/results", params=params, headers={**headers, "Accept": "text/csv"})
+    assert _csv(via_accept) == table
+
+
+def test_bad_sort_is_422_naming_sort(client: httpx.Client, headers: dict[str, str]) -> None:
+    for sort in ("loss", "-", "--ap"):
+        response = client.get("/results", params={"sort": sort}, headers=headers)
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert [e["field"] for e in response.json()["errors"]] == ["sort"]
+    response = client.get("/results", params={"sort": "loss", "format": "csv"}, headers=headers)
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize("auth", [{}, {"Authorization": "Bearer pgd_nope"}])
+def test_results_need_a_token(client: httpx.Client, auth: dict[str, str]) -> None:
+    for params in ({}, {"format": "csv"}):
+        response = client.get("/results", params=params, headers=auth)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_export_walks_in_chunks_up_to_the_cap(
+    app: FastAPI, jobs: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "_CHUNK", 2)
+    filters = service.ResultFilters(dataset=DATASET, detector="fcos")
+    with app.state.session_factory() as session:
+        every = [r["job_id"] for r in service.iter_rows(db_session=session, filters=filters)]
+        capped = [
+            r["job_id"] for r in service.iter_rows(db_session=session, filters=filters, cap=5)
+        ]
+    assert len(every) == 7 and len(set(every)) == 7
+    assert capped == every[:5]
