@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from api import observability as request_metrics
 from api.db.session import make_engine, make_session_factory
 from api.problems import install_problem_handlers
-from api.routes import job_data, jobs, meta, results
+from api.routes import job_data, jobs, meta, observability, results, sweeps
 from api.settings import Settings, get_settings
 
 
@@ -23,6 +24,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(job_data.router)
     app.include_router(results.router)
+    app.include_router(sweeps.router)
+    app.include_router(observability.router)
+    request_metrics.install(app)
     return app
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -66,8 +66,15 @@ async def _database_down_handler(request: Request, exc: Exception) -> JSONRespon
     return problem(503, "database unavailable", headers={"Retry-After": "5"})
 
 
+async def _unstorable_value_handler(request: Request, exc: Exception) -> JSONResponse:
+    # A value the database cannot hold or compare, e.g. a NUL character, which
+    # PostgreSQL text and jsonb reject: the request is at fault, not the server.
+    return problem(422, "invalid request: a value contains characters the database cannot store")
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Route validation and HTTP errors (404, 409, 401, 403, 503, ...) to problem+json."""
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
     app.add_exception_handler(OperationalError, _database_down_handler)
+    app.add_exception_handler(DataError, _unstorable_value_handler)

@@ -53,6 +53,21 @@ def _replay(existing: Job, spec_hash: str) -> Job:
     return existing
 
 
+def new_job(*, spec: RunSpec, owner: str, max_attempts: int, sweep_id: str | None = None) -> Job:
+    """A queued job row for ``spec`` (not added to a session: the caller owns the transaction)."""
+    return Job(
+        kind=spec.kind,
+        detector=spec.detector,
+        dataset=spec.dataset.name,
+        method=spec.method,
+        spec=spec.model_dump(mode="json"),
+        spec_hash=spec.spec_hash(),
+        owner=owner,
+        max_attempts=max_attempts,
+        sweep_id=sweep_id,
+    )
+
+
 def create(
     *,
     db_session: Session,
@@ -67,17 +82,8 @@ def create(
         existing = _by_key(db_session, owner, idempotency_key)
         if existing is not None:
             return _replay(existing, spec_hash), False
-    job = Job(
-        kind=spec.kind,
-        detector=spec.detector,
-        dataset=spec.dataset.name,
-        method=spec.method,
-        spec=spec.model_dump(mode="json"),
-        spec_hash=spec_hash,
-        owner=owner,
-        max_attempts=max_attempts,
-        idempotency_key=idempotency_key,
-    )
+    job = new_job(spec=spec, owner=owner, max_attempts=max_attempts)
+    job.idempotency_key = idempotency_key
     db_session.add(job)
     try:
         db_session.commit()

@@ -1,0 +1,65 @@
+"""``/sweeps``: a grid over hyper-parameters, seeds or methods queued as many jobs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+
+from api.auth import current_token
+from api.db.models import ApiToken
+from api.deps import get_app_settings, get_db
+from api.problems import field_errors, problem
+from api.schemas_sweeps import SweepCreate, SweepCreated, SweepRead
+from api.services import sweeps as service
+from api.settings import Settings
+
+router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+
+
+@router.post(
+    "", status_code=202, response_model=SweepCreated, responses={422: {"description": "invalid"}}
+)
+def create_sweep(
+    body: SweepCreate,
+    response: Response,
+    token: ApiToken = Depends(current_token),
+    db_session: Session = Depends(get_db),
+    settings: Settings = Depends(get_app_settings),
+) -> SweepCreated | JSONResponse:
+    """Queue one job per grid combination; every combination is validated before any is stored."""
+    try:
+        sweep, jobs = service.create(
+            db_session=db_session,
+            base=body.base,
+            grid=body.grid,
+            owner=token.owner,
+            max_attempts=settings.max_attempts,
+        )
+    except service.InvalidCombination as exc:
+        errors = field_errors(exc.errors)
+        return problem(422, str(exc), errors=errors, combination=exc.combination)
+    response.headers["Location"] = f"/sweeps/{sweep.id}"
+    return SweepCreated(id=sweep.id, jobs=[job.id for job in jobs])
+
+
+@router.get("/{sweep_id}", response_model=SweepRead)
+def get_sweep(
+    sweep_id: str,
+    token: ApiToken = Depends(current_token),
+    db_session: Session = Depends(get_db),
+) -> SweepRead:
+    """Job counts per state and mean progress (404 if missing or another owner's)."""
+    sweep = service.get(db_session=db_session, sweep_id=sweep_id, token=token)
+    if sweep is None:
+        raise HTTPException(404, f"sweep {sweep_id} not found")
+    states, total, progress = service.summary(db_session=db_session, sweep=sweep)
+    return SweepRead(
+        id=sweep.id,
+        owner=sweep.owner,
+        grid=sweep.grid,
+        created_at=sweep.created_at,
+        total=total,
+        states=states,
+        progress=progress,
+    )

@@ -1,0 +1,56 @@
+"""Bodies of ``/sweeps``: a base spec and a grid over dotted paths into it."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+
+from pgd_core.spec import RunSpec
+
+MAX_SWEEP_JOBS = 256
+_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class SweepCreate(BaseModel):
+    """``base`` is a complete run spec; each grid key is a dotted path into it
+    (``distill.alpha``, ``seed``, ``method``) with the values to try. One job is
+    queued per combination (the cartesian product)."""
+
+    base: RunSpec
+    grid: dict[str, list[Any]] = Field(
+        ..., examples=[{"distill.alpha": [0.02, 0.04], "seed": [0, 1]}]
+    )
+
+    @field_validator("grid")
+    @classmethod
+    def _bounded_grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not grid:
+            raise ValueError("needs at least one path")
+        for path, values in grid.items():
+            if not _PATH.match(path):
+                raise ValueError(f"'{path}' is not a dotted field path")
+            if not values:
+                raise ValueError(f"'{path}' has no values")
+        size = math.prod(len(values) for values in grid.values())
+        if size > MAX_SWEEP_JOBS:
+            raise ValueError(f"{size} combinations, at most {MAX_SWEEP_JOBS} allowed")
+        return grid
+
+
+class SweepCreated(BaseModel):
+    id: str
+    jobs: list[str]
+
+
+class SweepRead(BaseModel):
+    id: str
+    owner: str
+    grid: dict[str, list[Any]]
+    created_at: datetime
+    total: int
+    states: dict[str, int] = Field(description="job count per state (every state listed)")
+    progress: float = Field(description="mean progress of the sweep's jobs, 0..1")
