@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.config import Config
 
 from api.db.session import make_engine
@@ -50,3 +51,28 @@ def alembic_config(url: str) -> Config:
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     config.attributes["configure_logger"] = False
     return config
+
+
+def migrated_app(backend: str, tmp_path_factory: pytest.TempPathFactory, **settings: object):
+    """Yield an API app on a freshly migrated database of ``backend`` ("sqlite" or
+    "postgresql"), with extra Settings fields; the engine is disposed afterwards."""
+    from api.main import create_app
+    from api.settings import Settings
+
+    for url in database_url_for(backend, tmp_path_factory.mktemp("db")):
+        command.upgrade(alembic_config(url), "head")
+        application = create_app(Settings(database_url=url, **settings))
+        try:
+            yield application
+        finally:
+            application.state.engine.dispose()
+
+
+def bearer(app, owner: str, *, is_admin: bool = False) -> dict[str, str]:
+    """Authorization headers of a new token of ``owner``, committed."""
+    from api.auth import create_token
+
+    with app.state.session_factory() as session:
+        token = create_token(db_session=session, owner=owner, is_admin=is_admin)
+        session.commit()
+    return {"Authorization": f"Bearer {token}"}

@@ -9,8 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from db_helpers import alembic_config, database_url_for
+from db_helpers import bearer, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -30,11 +29,7 @@ def app(
 ) -> Iterator[FastAPI]:
     data_root = tmp_path_factory.mktemp("data")
     make_coco_shapes(data_root, "shapes", num_train=2, num_val=1, max_objects=2)
-    for url in database_url_for(request.param, tmp_path_factory.mktemp("db")):
-        command.upgrade(alembic_config(url), "head")
-        application = create_app(Settings(database_url=url, data_root=data_root))
-        yield application
-        application.state.engine.dispose()
+    yield from migrated_app(request.param, tmp_path_factory, data_root=data_root)
 
 
 @pytest.fixture
@@ -49,12 +44,7 @@ def token_for(app: FastAPI) -> Callable[..., dict[str, str]]:
     """Authorization headers of a new token; owners are unique per test unless named."""
 
     def make(owner: str | None = None, *, is_admin: bool = False) -> dict[str, str]:
-        with app.state.session_factory() as session:
-            token = create_token(
-                db_session=session, owner=owner or f"u-{uuid.uuid4().hex[:8]}", is_admin=is_admin
-            )
-            session.commit()
-        return {"Authorization": f"Bearer {token}"}
+        return bearer(app, owner or f"u-{uuid.uuid4().hex[:8]}", is_admin=is_admin)
 
     return make
 

@@ -16,15 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from db_helpers import alembic_config, database_url_for
+from db_helpers import bearer, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.auth import create_token
 from api.db.models import Job
-from api.main import create_app
-from api.settings import Settings
 from pgd_core.presets import get_preset
 from pgd_core.synthetic import make_coco_shapes
 
@@ -39,11 +35,7 @@ def app(
 ) -> Iterator[FastAPI]:
     data_root = tmp_path_factory.mktemp("data")
     make_coco_shapes(data_root, "shapes", num_train=2, num_val=1, max_objects=2)
-    for url in database_url_for(request.param, tmp_path_factory.mktemp("db")):
-        command.upgrade(alembic_config(url), "head")
-        application = create_app(Settings(database_url=url, data_root=data_root))
-        yield application
-        application.state.engine.dispose()
+    yield from migrated_app(request.param, tmp_path_factory, data_root=data_root)
 
 
 @pytest.fixture
@@ -53,10 +45,7 @@ def owner() -> str:
 
 @pytest.fixture
 def auth(app: FastAPI, owner: str) -> dict[str, str]:
-    with app.state.session_factory() as session:
-        token = create_token(db_session=session, owner=owner)
-        session.commit()
-    return {"Authorization": f"Bearer {token}"}
+    return bearer(app, owner)
 
 
 @pytest.fixture

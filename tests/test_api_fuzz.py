@@ -18,17 +18,13 @@ from urllib.parse import quote
 import httpx
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from db_helpers import alembic_config, database_url_for
+from db_helpers import bearer, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.auth import create_token
 from api.db.models import Job
-from api.main import create_app
-from api.settings import Settings
 from pgd_core.presets import get_preset
 from pgd_core.synthetic import make_coco_shapes
 
@@ -50,19 +46,14 @@ def backend(request: pytest.FixtureRequest) -> str:
 def app(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
     data_root = tmp_path_factory.mktemp("data")
     make_coco_shapes(data_root, "shapes", num_train=2, num_val=1, max_objects=2)
-    for url in database_url_for(backend, tmp_path_factory.mktemp("db")):
-        command.upgrade(alembic_config(url), "head")
-        application = create_app(
-            Settings(
-                database_url=url,
-                data_root=data_root,
-                work_root=tmp_path_factory.mktemp("work"),
-                events_poll_s=0.05,
-                events_max_s=0.3,
-            )
-        )
-        yield application
-        application.state.engine.dispose()
+    yield from migrated_app(
+        backend,
+        tmp_path_factory,
+        data_root=data_root,
+        work_root=tmp_path_factory.mktemp("work"),
+        events_poll_s=0.05,
+        events_max_s=0.3,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +64,7 @@ def client(app: FastAPI) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def auth(app: FastAPI) -> dict[str, str]:
-    with app.state.session_factory() as session:
-        token = create_token(db_session=session, owner=f"fuzz-{uuid.uuid4().hex[:8]}")
-        session.commit()
-    return {"Authorization": f"Bearer {token}"}
+    return bearer(app, f"fuzz-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,12 @@ import anyio
 import httpx
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from db_helpers import alembic_config, database_url_for
+from db_helpers import bearer, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.auth import create_token
 from api.db.models import Artifact, Job, MetricPoint
-from api.main import create_app
 from api.services.job_data import event_stream
-from api.settings import Settings
 
 Headers = dict[str, str]
 SSE_LIMIT_S = 10.0  # the app closes any event stream after this: a broken test cannot hang
@@ -33,18 +29,14 @@ def app(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FastAPI]:
     work_root = tmp_path_factory.mktemp("work")
-    for url in database_url_for(request.param, tmp_path_factory.mktemp("db")):
-        command.upgrade(alembic_config(url), "head")
-        settings = Settings(
-            database_url=url,
-            data_root=tmp_path_factory.mktemp("data"),
-            work_root=work_root,
-            events_poll_s=0.05,
-            events_max_s=SSE_LIMIT_S,
-        )
-        application = create_app(settings)
-        yield application
-        application.state.engine.dispose()
+    yield from migrated_app(
+        request.param,
+        tmp_path_factory,
+        data_root=tmp_path_factory.mktemp("data"),
+        work_root=work_root,
+        events_poll_s=0.05,
+        events_max_s=SSE_LIMIT_S,
+    )
 
 
 @pytest.fixture
@@ -63,12 +55,7 @@ def token_for(app: FastAPI) -> Callable[..., Headers]:
     """Authorization headers of a new token for ``owner`` (a new owner unless named)."""
 
     def make(owner: str | None = None, *, is_admin: bool = False) -> Headers:
-        with app.state.session_factory() as session:
-            token = create_token(
-                db_session=session, owner=owner or f"u-{uuid.uuid4().hex[:8]}", is_admin=is_admin
-            )
-            session.commit()
-        return {"Authorization": f"Bearer {token}"}
+        return bearer(app, owner or f"u-{uuid.uuid4().hex[:8]}", is_admin=is_admin)
 
     return make
 

@@ -13,17 +13,13 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from db_helpers import alembic_config, database_url_for
+from db_helpers import bearer, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.auth import create_token
 from api.db.models import EvalResult, Job
-from api.main import create_app
 from api.routes.results import CSV_COLUMNS
 from api.services import results as service
-from api.settings import Settings
 
 DATASET = "coco-lb"
 NOISE_DATASET = "voc-lb"
@@ -39,11 +35,7 @@ def app(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FastAPI]:
     data_root = tmp_path_factory.mktemp("data")
-    for url in database_url_for(request.param, tmp_path_factory.mktemp("db")):
-        command.upgrade(alembic_config(url), "head")
-        application = create_app(Settings(database_url=url, data_root=data_root))
-        yield application
-        application.state.engine.dispose()
+    yield from migrated_app(request.param, tmp_path_factory, data_root=data_root)
 
 
 @pytest.fixture
@@ -54,10 +46,7 @@ def client(app: FastAPI) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def headers(app: FastAPI) -> dict[str, str]:
-    with app.state.session_factory() as session:
-        token = create_token(db_session=session, owner=f"reader-{uuid.uuid4().hex[:8]}")
-        session.commit()
-    return {"Authorization": f"Bearer {token}"}
+    return bearer(app, f"reader-{uuid.uuid4().hex[:8]}")
 
 
 def _add(

@@ -9,15 +9,11 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from db_helpers import alembic_config, database_url_for
+from db_helpers import bearer, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.auth import create_token
 from api.db.models import Job, Sweep
-from api.main import create_app
-from api.settings import Settings
 from pgd_core.presets import get_preset
 
 Headers = dict[str, str]
@@ -30,11 +26,7 @@ _SAMPLE = re.compile(
 def app(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FastAPI]:
-    for url in database_url_for(request.param, tmp_path_factory.mktemp("db")):
-        command.upgrade(alembic_config(url), "head")
-        application = create_app(Settings(database_url=url))
-        yield application
-        application.state.engine.dispose()
+    yield from migrated_app(request.param, tmp_path_factory)
 
 
 @pytest.fixture
@@ -46,12 +38,7 @@ def client(app: FastAPI) -> Iterator[httpx.Client]:
 @pytest.fixture
 def token_for(app: FastAPI) -> Callable[..., Headers]:
     def make(owner: str | None = None, *, is_admin: bool = False) -> Headers:
-        with app.state.session_factory() as session:
-            token = create_token(
-                db_session=session, owner=owner or f"u-{uuid.uuid4().hex[:8]}", is_admin=is_admin
-            )
-            session.commit()
-        return {"Authorization": f"Bearer {token}"}
+        return bearer(app, owner or f"u-{uuid.uuid4().hex[:8]}", is_admin=is_admin)
 
     return make
 
