@@ -76,3 +76,25 @@ def bearer(app, owner: str, *, is_admin: bool = False) -> dict[str, str]:
         token = create_token(db_session=session, owner=owner, is_admin=is_admin)
         session.commit()
     return {"Authorization": f"Bearer {token}"}
+
+
+def insert_job(app, owner: str, state: str = "queued", **values: object) -> str:
+    """Insert a bare train job of ``owner`` in any state directly (no API) and return its id."""
+    from api.db.models import Job
+
+    job = Job(
+        kind="train",
+        detector="fcos",
+        dataset="shapes",
+        method="none",
+        spec={},
+        spec_hash="0" * 64,
+        owner=owner,
+        max_attempts=3,
+        state=state,
+        **values,
+    )
+    with app.state.session_factory() as session:
+        session.add(job)
+        session.commit()
+        return job.id

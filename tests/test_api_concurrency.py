@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import sqlalchemy as sa
-from db_helpers import bearer, migrated_app
+from db_helpers import bearer, insert_job, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -51,22 +51,7 @@ def auth(app: FastAPI, owner: str) -> dict[str, str]:
 @pytest.fixture
 def add_job(app: FastAPI, owner: str) -> Callable[..., str]:
     def make(state: str, **values: object) -> str:
-        job = Job(
-            kind="train",
-            detector="fcos",
-            dataset="shapes",
-            method="none",
-            spec={},
-            spec_hash="0" * 64,
-            owner=owner,
-            max_attempts=3,
-            state=state,
-            **values,
-        )
-        with app.state.session_factory() as session:
-            session.add(job)
-            session.commit()
-            return job.id
+        return insert_job(app, owner, state, **values)
 
     return make
 
