@@ -27,6 +27,32 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: PositiveFloat = Field(
         300.0, description="a running job whose heartbeat is older than this is re-queued"
     )
+    heartbeat_interval_s: PositiveFloat = Field(
+        5.0, description="how often a running job writes its heartbeat, progress and metrics"
+    )
+    resend_after_s: PositiveFloat = Field(
+        900.0,
+        description="a queued job whose message is older than this is sent again "
+        "(the broker may have lost it); duplicates are dropped by the worker",
+    )
+    cancel_grace_s: PositiveFloat = Field(
+        600.0, description="a job still cancelling after this long has its task revoked"
+    )
+    maintenance_interval_s: PositiveFloat = Field(
+        10.0, description="how often the re-sender and the reaper run"
+    )
+    run_maintenance: bool = Field(
+        True, description="run the re-sender and the reaper inside the API process"
+    )
+    visibility_timeout_s: PositiveInt = Field(
+        7 * 24 * 3600,
+        description="broker redelivery timeout of an unacknowledged message: above the "
+        "longest job, or a running job is delivered twice (Celery #5935, #3430)",
+    )
+    broker_timeout_s: PositiveFloat = Field(
+        2.0, description="how long a request waits for the broker before leaving the "
+        "job to the re-sender"
+    )
     events_poll_s: PositiveFloat = Field(
         1.0, description="how often GET /jobs/{id}/events polls the database for changes"
     )

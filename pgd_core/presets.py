@@ -109,7 +109,12 @@ def _tiny_presets() -> dict[str, RunSpec]:
     teacher = _TINY_MODEL.model_copy(update={"depth": 34})
     for det in PAPER_HYPER:
         out[f"tiny-{det}-teacher"] = RunSpec(
-            kind="train", detector=det, dataset=_TINY_DATA, student=teacher, schedule=_TINY_SCHEDULE
+            kind="train",
+            detector=det,
+            dataset=_TINY_DATA,
+            student=teacher,
+            schedule=_TINY_SCHEDULE,
+            device="cpu",
         )
         out[f"tiny-{det}-student"] = RunSpec(
             kind="train",
@@ -117,6 +122,7 @@ def _tiny_presets() -> dict[str, RunSpec]:
             dataset=_TINY_DATA,
             student=_TINY_MODEL,
             schedule=_TINY_SCHEDULE,
+            device="cpu",
         )
         out[f"tiny-{det}-pgd"] = RunSpec(
             kind="distill",
@@ -127,6 +133,7 @@ def _tiny_presets() -> dict[str, RunSpec]:
             method="pgd",
             distill=paper_distill(det),
             schedule=_TINY_SCHEDULE,
+            device="cpu",
         )
     return out
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, m
 
 Detector = Literal["fcos", "atss", "gfl", "autoassign", "ddod"]
 Kind = Literal["train", "distill", "evaluate"]
+Device = Literal["cuda", "cpu"]
 #: ``pgd``: the paper. ``pgd_no_gaussian``: uniform weights on the top-K (ablation).
 #: ``pgd_cls_only``: classification branch only (ablation). ``fgd_box``: every
 #: location inside a GT box weighted 1. ``none``: the student alone, same code path.
@@ -146,6 +147,10 @@ class RunSpec(_Frozen):
     distill: DistillSpec | None = None
     schedule: ScheduleSpec = ScheduleSpec()
     seed: int = Field(0, ge=0, lt=2**31)
+    device: Device = Field(
+        "cuda",
+        description="where it runs: 'cuda' jobs go to GPU workers, 'cpu' jobs to CPU workers",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RunSpec:

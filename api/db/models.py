@@ -82,6 +82,7 @@ class Job(Base):
         CheckConstraint(_in("kind", JOB_KINDS), name="kind"),
         CheckConstraint("progress >= 0 AND progress <= 1", name="progress"),
         CheckConstraint("attempt >= 0", name="attempt"),
+        CheckConstraint("lost_count >= 0", name="lost_count"),
         UniqueConstraint("owner", "idempotency_key"),
         Index("ix_jobs_owner_seq", "owner", "seq"),
         Index("ix_jobs_state", "state"),
@@ -112,6 +113,15 @@ class Job(Base):
     owner: Mapped[str] = mapped_column(String(128))
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Worker losses (kill -9, OOM kill, reboot) of the current run; the reaper
+    # fails the job with reason worker_lost once this reaches max_attempts.
+    lost_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the broker last accepted this job's message (None: never, e.g. the
+    # broker was down); the re-sender looks for queued jobs without a recent one.
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    # "hostname:pid" of the worker process that claimed the current attempt.
+    worker: Mapped[str | None] = mapped_column(String(255))
     sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"))
     teacher_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
