@@ -1,6 +1,7 @@
-"""``pgd``: the service's commands (``pgd token ...``) in front of pgd_core's command line.
+"""``pgd``: the service's commands in front of pgd_core's command line.
 
-``token`` is handled here because it needs the service's database; every other
+``token``, ``up`` (API + worker on one machine), ``worker`` and ``maintain`` are
+handled here because they need the service's database or broker; every other
 command goes to :func:`pgd_core.cli.main`, imported lazily so that ``pgd token``
 never pays for (or depends on) the library's heavier modules.
 """
@@ -64,10 +65,68 @@ def _token(argv: list[str]) -> int:
     return _token_create(owner, args.admin)
 
 
+def _worker(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pgd worker", description="run a Celery worker with the service's settings"
+    )
+    parser.add_argument("--queues", default="gpu,cpu", help="comma-separated: gpu, cpu")
+    parser.add_argument("--concurrency", type=int, default=1, help="jobs at once")
+    parser.add_argument("--hostname", default=None, help="Celery node name")
+    args = parser.parse_args(argv)
+    unknown = set(args.queues.split(",")) - {"gpu", "cpu"}
+    if unknown:
+        print(f"error: --queues: unknown queue(s) {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    import os
+    import socket
+
+    from api.embedded import worker_command
+
+    name = args.hostname or f"pgd-{os.getpid()}@{socket.gethostname()}"
+    command = worker_command(args.queues, args.concurrency, name)
+    os.execv(command[0], command)
+    return 0  # pragma: no cover - execv does not return
+
+
+def _maintain(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pgd maintain",
+        description="run the re-sender and the reaper (also run inside every API process)",
+    )
+    parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    args = parser.parse_args(argv)
+    import time
+
+    from api.db.session import make_engine, make_session_factory
+    from api.services.enqueue import maintain
+
+    settings = Settings()
+    factory = make_session_factory(make_engine(settings.database_url))
+    while True:
+        report = maintain(factory, settings)
+        print(
+            f"resent {len(report.resent)}, requeued {len(report.requeued)}, "
+            f"worker_lost {len(report.lost)}, cancelled {len(report.cancelled)}, "
+            f"revoked {len(report.revoked)}",
+            flush=True,
+        )
+        if args.once:
+            return 0
+        time.sleep(settings.maintenance_interval_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "token":
         return _token(argv[1:])
+    if argv and argv[0] == "up":
+        from api.embedded import up
+
+        return up(argv[1:])
+    if argv and argv[0] == "worker":
+        return _worker(argv[1:])
+    if argv and argv[0] == "maintain":
+        return _maintain(argv[1:])
     from pgd_core import cli
 
     return cli.main(argv)

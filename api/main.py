@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from api import observability as request_metrics
 from api.db.session import make_engine, make_session_factory
 from api.problems import install_problem_handlers
 from api.routes import job_data, jobs, meta, observability, results, sweeps
+from api.services.enqueue import MaintenanceThread
 from api.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app; building the engine opens no connection, so import stays DB-free."""
     settings = settings or get_settings()
-    app = FastAPI(title="pgd", summary="Prediction-guided distillation runs as a service")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The re-sender and the reaper; safe in every API replica (guarded UPDATEs).
+        thread = None
+        if settings.run_maintenance:
+            thread = MaintenanceThread(app.state.session_factory, settings)
+            thread.start()
+        try:
+            yield
+        finally:
+            if thread is not None:
+                thread.stop()
+
+    app = FastAPI(
+        title="pgd",
+        summary="Prediction-guided distillation runs as a service",
+        lifespan=lifespan,
+    )
     app.state.settings = settings
     app.state.engine = make_engine(settings.database_url)
     app.state.session_factory = make_session_factory(app.state.engine)

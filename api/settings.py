@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     heartbeat_interval_s: PositiveFloat = Field(
         5.0, description="how often a running job writes its heartbeat, progress and metrics"
     )
+    metrics_interval: PositiveInt = Field(
+        10, description="training iterations between two stored loss / lr points"
+    )
     resend_after_s: PositiveFloat = Field(
         900.0,
         description="a queued job whose message is older than this is sent again "
@@ -50,8 +53,9 @@ class Settings(BaseSettings):
         "longest job, or a running job is delivered twice (Celery #5935, #3430)",
     )
     broker_timeout_s: PositiveFloat = Field(
-        2.0, description="how long a request waits for the broker before leaving the "
-        "job to the re-sender"
+        2.0,
+        description="how long a request waits for the broker before leaving the "
+        "job to the re-sender",
     )
     events_poll_s: PositiveFloat = Field(
         1.0, description="how often GET /jobs/{id}/events polls the database for changes"

@@ -61,6 +61,8 @@ def migrated_app(backend: str, tmp_path_factory: pytest.TempPathFactory, **setti
 
     for url in database_url_for(backend, tmp_path_factory.mktemp("db")):
         command.upgrade(alembic_config(url), "head")
+        # Tests drive maintenance explicitly; no background thread unless asked.
+        settings.setdefault("run_maintenance", False)
         application = create_app(Settings(database_url=url, **settings))
         try:
             yield application

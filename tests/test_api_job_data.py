@@ -36,6 +36,8 @@ def app(
         work_root=work_root,
         events_poll_s=0.05,
         events_max_s=SSE_LIMIT_S,
+        # A broker that refuses at once: a retried job stays queued for the re-sender.
+        broker_url="redis://127.0.0.1:1/0",
     )
 
 
@@ -90,6 +92,17 @@ def _add_points(app: FastAPI, job_id: str, *points: tuple[int, str, float]) -> N
         session.commit()
 
 
+def _point_ids(app: FastAPI, job_id: str) -> list[int]:
+    with app.state.session_factory() as session:
+        return list(
+            session.scalars(
+                sa.select(MetricPoint.id)
+                .where(MetricPoint.job_id == job_id)
+                .order_by(MetricPoint.id)
+            )
+        )
+
+
 def _job(app: FastAPI, job_id: str) -> Job:
     with app.state.session_factory() as session:
         job = session.get(Job, job_id)
@@ -115,10 +128,7 @@ def test_retry_requeues_with_attempt_raised(
     alice: Headers,
     add_job: Callable[..., str],
     state: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    enqueued: list[str] = []
-    monkeypatch.setattr("api.services.job_data.enqueue_job", enqueued.append)
     job_id = add_job(
         state,
         attempt=1,
@@ -126,6 +136,9 @@ def test_retry_requeues_with_attempt_raised(
         message="loss is NaN",
         cancel_requested=state == "cancelled",
         finished_at=sa.func.now(),
+        lost_count=2,
+        worker="host-a:123",
+        task_id="old-task",
     )
     response = client.post(f"/jobs/{job_id}/retry", headers=alice)
     assert response.status_code == 202, response.text
@@ -133,12 +146,16 @@ def test_retry_requeues_with_attempt_raised(
     assert (body["state"], body["attempt"]) == ("queued", 2)
     assert body["reason"] is body["message"] is body["finished_at"] is None
     assert body["cancel_requested"] is False
-    assert enqueued == [job_id]
     stored = _job(app, job_id)
     assert (stored.state, stored.attempt, stored.reason) == ("queued", 2, None)
+    # A new task for the new attempt, its worker losses forgotten; the broker is
+    # down, so the send time is cleared for the re-sender.
+    assert stored.task_id != "old-task" and str(uuid.UUID(stored.task_id)) == stored.task_id
+    assert (stored.lost_count, stored.worker, stored.enqueued_at) == (0, None, None)
     # Queued now: a second retry is refused and changes nothing.
     _is_problem(client.post(f"/jobs/{job_id}/retry", headers=alice), 409)
-    assert _job(app, job_id).attempt == 2 and enqueued == [job_id]
+    again = _job(app, job_id)
+    assert (again.attempt, again.task_id) == (2, stored.task_id)
 
 
 @pytest.mark.parametrize("state", ["queued", "running", "cancelling", "succeeded"])
@@ -341,9 +358,19 @@ def test_events_stream_state_and_metrics_until_finished(
     assert not errors, errors
     assert time.monotonic() - started < SSE_LIMIT_S, "the stream did not end on success"
 
-    assert [int(e["id"]) for e in events] == list(range(1, len(events) + 1))
+    # Each id is the stream position after its event: the last metric point sent
+    # and the state last sent (what Last-Event-ID resumes from).
+    point_ids = _point_ids(app, job_id)
+    assert [e["id"] for e in events] == [
+        f"{point_ids[0]}:running:1:0.0",
+        f"{point_ids[0]}:running:1:0.5",
+        f"{point_ids[1]}:running:1:0.5",
+        f"{point_ids[2]}:running:1:0.5",
+        f"{point_ids[3]}:running:1:0.5",
+        f"{point_ids[3]}:succeeded:1:1.0",
+    ]
     assert events[0] == {
-        "id": "1",
+        "id": f"{point_ids[0]}:running:1:0.0",
         "event": "state",
         "data": {"state": "running", "progress": 0.0, "attempt": 1},
     }
@@ -373,7 +400,8 @@ def test_events_of_a_finished_job_end_at_once(
     response = client.get(f"/jobs/{job_id}/events", headers=alice)
     assert response.status_code == 200
     assert response.text == (
-        'id: 1\nevent: state\ndata: {"state": "cancelled", "progress": 0.0, "attempt": 2}\n\n'
+        "id: 0:cancelled:2:0.0\nevent: state\n"
+        'data: {"state": "cancelled", "progress": 0.0, "attempt": 2}\n\n'
     )
 
 
@@ -403,5 +431,5 @@ def test_idle_stream_keeps_alive_and_closes_after_its_limit(
     started = time.monotonic()
     chunks = anyio.run(collect)
     assert time.monotonic() - started < 5
-    assert chunks[0].startswith("id: 1\nevent: state\n")
+    assert chunks[0].startswith("id: 0:running:0:0.0\nevent: state\n")
     assert len(chunks) >= 3 and set(chunks[1:]) == {": keep-alive\n\n"}

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from api.db.models import Job, Sweep
 from pgd_core.presets import get_preset
+from pgd_core.synthetic import make_coco_shapes
 
 Headers = dict[str, str]
 _SAMPLE = re.compile(
@@ -26,7 +27,12 @@ _SAMPLE = re.compile(
 def app(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FastAPI]:
-    yield from migrated_app(request.param, tmp_path_factory)
+    data_root = tmp_path_factory.mktemp("data")
+    make_coco_shapes(data_root, "shapes", num_train=1, num_val=1, max_objects=1)
+    # A broker that refuses at once: jobs stay queued for the re-sender.
+    yield from migrated_app(
+        request.param, tmp_path_factory, data_root=data_root, broker_url="redis://127.0.0.1:1/0"
+    )
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from api.auth import current_token
@@ -31,10 +31,12 @@ def retry_job(
     job_id: str,
     token: ApiToken = Depends(current_token),
     db_session: Session = Depends(get_db),
+    settings: Settings = Depends(get_app_settings),
 ) -> Job:
-    """Queue a failed or cancelled job again with its attempt raised; 409 in any other state."""
+    """Queue a failed or cancelled job again with its attempt raised (it resumes from its
+    last checkpoint) and send it to the broker; 409 in any other state."""
     job = _visible_job(job_id, token, db_session)
-    if not service.retry(db_session=db_session, job=job):
+    if not service.retry(db_session=db_session, settings=settings, job=job):
         raise HTTPException(
             409, f"job {job_id} is {job.state}; only failed or cancelled jobs can be retried"
         )
@@ -91,6 +93,30 @@ def download_artifact(
 
 
 @router.get(
+    "/{job_id}/logs",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+def job_logs(
+    job_id: str,
+    tail: int = Query(200, ge=1, le=10_000, description="the last this many lines"),
+    token: ApiToken = Depends(current_token),
+    db_session: Session = Depends(get_db),
+    settings: Settings = Depends(get_app_settings),
+) -> PlainTextResponse:
+    """The last ``tail`` lines of the job's log; 404 while it has none, 403 if the log
+    is stored outside the work root."""
+    job = _visible_job(job_id, token, db_session)
+    try:
+        path = service.log_file(db_session=db_session, job_id=job.id, work_root=settings.work_root)
+    except service.ArtifactOutsideWorkRoot as exc:
+        raise HTTPException(403, str(exc)) from None
+    if path is None:
+        raise HTTPException(404, f"job {job_id} has no log yet")
+    return PlainTextResponse(service.tail_lines(path, tail), media_type="text/plain")
+
+
+@router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
@@ -98,14 +124,16 @@ def download_artifact(
 def job_events(
     job_id: str,
     request: Request,
+    last_event_id: str | None = Header(None, max_length=128),
     token: ApiToken = Depends(current_token),
     db_session: Session = Depends(get_db),
     settings: Settings = Depends(get_app_settings),
 ) -> StreamingResponse:
     """Server-sent events: ``state`` (state, progress, attempt) and ``metric`` (step, name,
-    value), until the job has finished. ``Last-Event-ID`` is not supported: a
-    reconnecting client gets the current state and reads past metrics from
-    ``/jobs/{id}/metrics``."""
+    value), until the job has finished. A new stream starts with the current state
+    (past metrics are at ``/jobs/{id}/metrics``); a reconnecting client sending
+    ``Last-Event-ID`` gets exactly the events it missed: metric points stored after
+    that event, then the state if it changed since."""
     job = _visible_job(job_id, token, db_session)
     stream = service.event_stream(
         session_factory=request.app.state.session_factory,
@@ -113,6 +141,7 @@ def job_events(
         poll_s=settings.events_poll_s,
         keepalive_s=settings.events_keepalive_s,
         max_s=settings.events_max_s,
+        last_event_id=last_event_id,
     )
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)

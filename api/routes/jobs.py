@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from api.auth import current_token
 from api.db.models import ApiToken, Job
 from api.deps import get_app_settings, get_db
+from api.problems import problem
 from api.schemas import JobCreate, JobPage, JobRead
 from api.services import jobs as service
 from api.settings import Settings
@@ -21,7 +23,14 @@ def _found(job: Job | None, job_id: str) -> Job:
     return job
 
 
-@router.post("", status_code=202, response_model=JobRead)
+def rejected(exc: service.SpecRejected) -> JSONResponse:
+    """The 422 problem of a spec naming something this server cannot use."""
+    return problem(422, str(exc), errors=exc.errors)
+
+
+@router.post(
+    "", status_code=202, response_model=JobRead, responses={422: {"description": "invalid"}}
+)
 def create_job(
     spec: JobCreate,
     response: Response,
@@ -29,18 +38,25 @@ def create_job(
     token: ApiToken = Depends(current_token),
     db_session: Session = Depends(get_db),
     settings: Settings = Depends(get_app_settings),
-) -> Job:
-    """Queue a run; the same Idempotency-Key and spec return the same job."""
+) -> Job | JSONResponse:
+    """Queue a run; the same Idempotency-Key and spec return the same job.
+
+    The dataset must be registered on the server with both splits; ``teacher_ref``
+    and ``checkpoint_ref`` must name a succeeded train or distill job of the same
+    detector and model, or a registered checkpoint. The job is stored, then sent
+    to the broker (a broker that is down leaves it queued for the re-sender)."""
     try:
         job, created = service.create(
             db_session=db_session,
+            settings=settings,
             spec=spec,
             owner=token.owner,
-            max_attempts=settings.max_attempts,
             idempotency_key=idempotency_key,
         )
     except service.IdempotencyConflict as exc:
         raise HTTPException(409, str(exc)) from None
+    except service.SpecRejected as exc:
+        return rejected(exc)
     response.headers["Location"] = f"/jobs/{job.id}"
     if not created:
         response.status_code = 200

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException
+import logging
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from kombu import Connection
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api.auth import current_token
 from api.deps import get_app_settings, get_db
+from api.problems import problem
 from api.schemas import DatasetRead, PresetRead
 from api.settings import Settings
 from pgd_core.datasets import list_datasets
 from pgd_core.presets import PRESETS, list_presets
+
+log = logging.getLogger("pgd.readyz")
 
 public = APIRouter(tags=["health"])
 router = APIRouter(dependencies=[Depends(current_token)], tags=["catalogue"])
@@ -24,13 +31,48 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
-def readyz(db_session: Session = Depends(get_db)) -> dict[str, str]:
-    """The database answers; 503 otherwise."""
+def _database_ok(db_session: Session) -> bool:
     try:
         db_session.execute(text("SELECT 1"))
-    except SQLAlchemyError:
-        raise HTTPException(503, "database unreachable") from None
+    except SQLAlchemyError as exc:
+        log.warning("readiness: database unreachable: %s", exc)
+        return False
+    return True
+
+
+def _broker_ok(settings: Settings) -> bool:
+    """One connection attempt, bounded by ``broker_timeout_s`` (no server for ``sqla+``)."""
+    try:
+        with Connection(settings.broker_url, connect_timeout=settings.broker_timeout_s) as conn:
+            conn.ensure_connection(
+                max_retries=1,
+                interval_start=0,
+                interval_step=0,
+                timeout=settings.broker_timeout_s,
+            )
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+        log.warning("readiness: broker unreachable: %s", exc)
+        return False
+    return True
+
+
+@router.get("/readyz", response_model=dict[str, str], responses={503: {"description": "down"}})
+def readyz(
+    db_session: Session = Depends(get_db), settings: Settings = Depends(get_app_settings)
+) -> dict[str, str] | JSONResponse:
+    """The database and the broker answer; 503 naming those that do not."""
+    checks = {
+        "database": "ok" if _database_ok(db_session) else "unreachable",
+        "broker": "ok" if _broker_ok(settings) else "unreachable",
+    }
+    down = [name for name, status in checks.items() if status != "ok"]
+    if down:
+        return problem(
+            503,
+            f"not ready: {' and '.join(down)} unreachable",
+            headers={"Retry-After": "5"},
+            checks=checks,
+        )
     return {"status": "ok"}
 
 

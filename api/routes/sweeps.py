@@ -31,14 +31,16 @@ def create_sweep(
     try:
         sweep, jobs = service.create(
             db_session=db_session,
+            settings=settings,
             base=body.base,
             grid=body.grid,
             owner=token.owner,
-            max_attempts=settings.max_attempts,
         )
     except service.InvalidCombination as exc:
         errors = field_errors(exc.errors)
         return problem(422, str(exc), errors=errors, combination=exc.combination)
+    except service.CombinationRejected as exc:
+        return problem(422, str(exc), errors=exc.errors, combination=exc.combination)
     response.headers["Location"] = f"/sweeps/{sweep.id}"
     return SweepCreated(id=sweep.id, jobs=[job.id for job in jobs])
 

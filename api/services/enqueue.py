@@ -43,11 +43,19 @@ def queue_for(spec: dict[str, Any]) -> str:
     return "cpu" if spec.get("device") == "cpu" else "gpu"
 
 
+def transport_options(broker_url: str, visibility_timeout_s: int) -> dict[str, Any]:
+    """Broker transport options: Redis (and SQS) redeliver unacknowledged messages
+    after ``visibility_timeout``; the SQLAlchemy transport takes no such option."""
+    if broker_url.split(":", 1)[0] in ("redis", "rediss", "sentinel", "sqs"):
+        return {"visibility_timeout": visibility_timeout_s}
+    return {}
+
+
 @lru_cache(maxsize=8)
 def _producer(broker_url: str, visibility_timeout_s: int, timeout_s: float) -> Celery:
     app = Celery("pgd-producer", broker=broker_url, set_as_current=False)
     app.conf.update(
-        broker_transport_options={"visibility_timeout": visibility_timeout_s},
+        broker_transport_options=transport_options(broker_url, visibility_timeout_s),
         broker_connection_timeout=timeout_s,
         broker_connection_retry_on_startup=False,
         task_serializer="json",

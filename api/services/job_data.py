@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -13,8 +14,10 @@ import anyio
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import Artifact, Job, MetricPoint
+from api.db.models import JOB_STATES, Artifact, Job, MetricPoint
 from api.db.types import utcnow
+from api.services import enqueue
+from api.settings import Settings
 
 RETRYABLE = ("failed", "cancelled")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -24,20 +27,16 @@ class ArtifactOutsideWorkRoot(Exception):
     """The artifact's stored path resolves outside the configured work root."""
 
 
-def enqueue_job(job_id: str) -> None:
-    """Hand a queued job to the broker.
-
-    A no-op hook for now: the worker issue implements it (send the Celery task
-    for ``job_id``). Retry calls it after its guarded UPDATE has committed.
-    """
-
-
-def retry(*, db_session: Session, job: Job) -> bool:
-    """Failed or cancelled -> queued with the attempt raised; False for any other state.
+def retry(*, db_session: Session, settings: Settings, job: Job) -> bool:
+    """Failed or cancelled -> queued with the attempt raised, then sent; False for any
+    other state.
 
     One guarded UPDATE (compare-and-set on the state), so a concurrent retry or
-    state change can never queue the job twice.
+    state change can never queue the job twice. It gives the new attempt a task id
+    and a send time; the message is sent after the commit, and a broker that is
+    down leaves the job to the re-sender.
     """
+    now = utcnow()
     result = db_session.execute(
         update(Job)
         .where(Job.id == job.id, Job.state.in_(RETRYABLE))
@@ -49,7 +48,11 @@ def retry(*, db_session: Session, job: Job) -> bool:
             finished_at=None,
             cancel_requested=False,
             heartbeat_at=None,
-            updated_at=utcnow(),
+            task_id=enqueue.new_task_id(),
+            enqueued_at=now,
+            lost_count=0,
+            worker=None,
+            updated_at=now,
         )
         .execution_options(synchronize_session=False)
     )
@@ -57,7 +60,8 @@ def retry(*, db_session: Session, job: Job) -> bool:
     db_session.refresh(job)
     if result.rowcount != 1:
         return False
-    enqueue_job(job.id)
+    if not enqueue.send_job(db_session, settings, job):
+        db_session.refresh(job)  # send_job cleared enqueued_at (and so updated_at)
     return True
 
 
@@ -95,14 +99,49 @@ def artifact_file(*, db_session: Session, job_id: str, name: str, work_root: Pat
     )
     if artifact is None:
         return None
+    return _confined(artifact, work_root)
+
+
+def _confined(artifact: Artifact, work_root: Path) -> Path | None:
+    """The artifact's existing file under the work root (None if missing)."""
     root = work_root.resolve()
     path = (root / artifact.path).resolve()
     if not path.is_relative_to(root):
-        raise ArtifactOutsideWorkRoot(f"artifact {name} is not under the work root")
+        raise ArtifactOutsideWorkRoot(f"artifact {artifact.name} is not under the work root")
     return path if path.is_file() else None
 
 
-def format_event(event_id: int, event: str, data: dict[str, Any]) -> str:
+def log_file(*, db_session: Session, job_id: str, work_root: Path) -> Path | None:
+    """The file of the job's newest ``log`` artifact, or None when it has none (yet).
+
+    Raises ArtifactOutsideWorkRoot as :func:`artifact_file` does.
+    """
+    artifact = db_session.scalar(
+        select(Artifact)
+        .where(Artifact.job_id == job_id, Artifact.kind == "log")
+        .order_by(Artifact.created_at.desc(), Artifact.id.desc())
+        .limit(1)
+    )
+    return None if artifact is None else _confined(artifact, work_root)
+
+
+def tail_lines(path: Path, lines: int, chunk: int = 64 * 1024) -> str:
+    """The last ``lines`` lines of a text file, read backwards from its end in chunks
+    (a multi-gigabyte log costs no more than its tail). Invalid UTF-8 is replaced."""
+    with path.open("rb") as fh:
+        position = fh.seek(0, 2)
+        data = b""
+        # lines + 1 newlines guarantee the first kept line starts at a line boundary.
+        while position > 0 and data.count(b"\n") <= lines:
+            step = min(chunk, position)
+            position -= step
+            fh.seek(position)
+            data = fh.read(step) + data
+    kept = data.splitlines(keepends=True)[-lines:]
+    return b"".join(kept).decode("utf-8", errors="replace")
+
+
+def format_event(event_id: str, event: str, data: dict[str, Any]) -> str:
     """One server-sent event."""
     return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n"
 
@@ -117,6 +156,36 @@ class _Snapshot:
         return {"state": self.state, "progress": self.progress, "attempt": self.attempt}
 
 
+# "<last metric point id>:<state>:<attempt>:<progress>", all the client has seen.
+_EVENT_ID = re.compile(r"^(\d{1,19}):([a-z]{1,16}):(\d{1,9}):([0-9.eE+-]{1,32})$")
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    """What a client has received: the metric points up to ``high_water`` and the
+    state ``last``. Each event's id encodes it, so ``Last-Event-ID`` resumes a stream."""
+
+    high_water: int
+    last: _Snapshot
+
+    def event_id(self) -> str:
+        last = self.last
+        return f"{self.high_water}:{last.state}:{last.attempt}:{last.progress!r}"
+
+    @classmethod
+    def parse(cls, event_id: str | None) -> StreamPosition | None:
+        """The position in an event id this API sent; None for anything else."""
+        match = _EVENT_ID.match((event_id or "").strip())
+        if match is None or match.group(2) not in JOB_STATES:
+            return None
+        try:
+            progress = float(match.group(4))
+        except ValueError:
+            return None
+        snapshot = _Snapshot(match.group(2), progress, int(match.group(3)))
+        return cls(int(match.group(1)), snapshot)
+
+
 def _snapshot(session: Session, job_id: str) -> _Snapshot | None:
     row = session.execute(
         select(Job.state, Job.progress, Job.attempt).where(Job.id == job_id)
@@ -127,20 +196,33 @@ def _snapshot(session: Session, job_id: str) -> _Snapshot | None:
 class _JobWatcher:
     """What changed in one job since the last look (blocking database reads)."""
 
-    def __init__(self, session_factory: sessionmaker[Session], job_id: str) -> None:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        job_id: str,
+        resume: StreamPosition | None = None,
+    ) -> None:
         self.session_factory = session_factory
         self.job_id = job_id
+        self.resume = resume
         self.last: _Snapshot | None = None
         self.high_water = 0  # the id of the last metric point sent
-        self.event_id = 0
         self.done = False
 
     def _event(self, event: str, data: dict[str, Any]) -> str:
-        self.event_id += 1
-        return format_event(self.event_id, event, data)
+        assert self.last is not None
+        position = StreamPosition(self.high_water, self.last)
+        return format_event(position.event_id(), event, data)
 
     def open(self) -> list[str]:
-        """The current state; metric points already stored are left to ``/metrics``."""
+        """The current state; metric points already stored are left to ``/metrics``.
+
+        Resuming (``Last-Event-ID``), it sends only what the client has not seen:
+        the points stored after its last one, then the state if it changed.
+        """
+        if self.resume is not None:
+            self.high_water, self.last = self.resume.high_water, self.resume.last
+            return self.poll()
         with self.session_factory() as session:
             self.last = _snapshot(session, self.job_id)
             self.high_water = session.scalar(
@@ -188,18 +270,22 @@ async def event_stream(
     poll_s: float,
     keepalive_s: float,
     max_s: float,
+    last_event_id: str | None = None,
 ) -> AsyncIterator[str]:
     """Server-sent events of one job until it reaches a terminal state (or ``max_s``).
 
     First a ``state`` event (state, progress, attempt); then every ``poll_s`` one
     ``metric`` event (step, name, value) per point stored since the last poll,
-    followed by a ``state`` event when state, progress or attempt changed; ids
-    count up from 1. Points are tracked by their id (a high-water mark; one
-    worker writes a job's points), so each is sent once, in the order stored.
+    followed by a ``state`` event when state, progress or attempt changed. Points
+    are tracked by their id (a high-water mark; one worker writes a job's
+    points), so each is sent once, in the order stored. Each event's id is the
+    stream position after it (:class:`StreamPosition`); given one as
+    ``last_event_id`` the stream resumes there: nothing up to it is sent again and
+    nothing after it is lost. An id this API did not send starts a fresh stream.
     An idle stream sends a comment every ``keepalive_s`` so dead clients are
     noticed. The database is read in a worker thread; the sleeps hold none.
     """
-    watcher = _JobWatcher(session_factory, job_id)
+    watcher = _JobWatcher(session_factory, job_id, StreamPosition.parse(last_event_id))
     for event in await anyio.to_thread.run_sync(watcher.open):
         yield event
     started = last_sent = time.monotonic()

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import ColumnElement, case, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.db.models import ApiToken, Job
 from api.db.types import utcnow
-from pgd_core.spec import RunSpec
+from api.services import enqueue
+from api.settings import Settings
+from pgd_core.datasets import MANIFEST_NAME, DatasetError, DatasetInfo, load_dataset_info
+from pgd_core.spec import ModelSpec, RunSpec
+
+log = logging.getLogger("pgd.jobs")
 
 CANCELLABLE = ("queued", "running")
+#: Kinds of job whose result is a checkpoint another job may start from.
+CHECKPOINT_KINDS = ("train", "distill")
 
 
 class IdempotencyConflict(Exception):
@@ -23,6 +34,128 @@ class IdempotencyConflict(Exception):
 
 class InvalidCursor(ValueError):
     """The pagination cursor was not produced by this API."""
+
+
+class SpecRejected(ValueError):
+    """The spec is well formed but names something this server cannot use.
+
+    ``errors`` are ``{field, message}`` pairs, as the 422 problem lists them.
+    """
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
+
+
+@dataclass
+class RefChecker:
+    """Checks a spec's dataset, ``teacher_ref`` and ``checkpoint_ref`` against this server.
+
+    Answers are cached for the checker's lifetime, so one sweep reads each
+    dataset manifest and each referenced job once.
+    """
+
+    db_session: Session
+    data_root: Path
+    weights_root: Path
+    _datasets: dict[str, DatasetInfo | str] = field(default_factory=dict)
+    _jobs: dict[str, Job | None] = field(default_factory=dict)
+
+    def check(self, spec: RunSpec) -> str | None:
+        """Raise SpecRejected naming every bad field; return the teacher job's id, if any."""
+        errors = self._dataset_errors(spec)
+        teacher_job_id = None
+        if spec.teacher_ref is not None:
+            teacher_job_id, message = self._model_ref(
+                spec, spec.teacher_ref, spec.teacher, "teacher"
+            )
+            if message:
+                errors.append({"field": "teacher_ref", "message": message})
+        if spec.checkpoint_ref is not None:
+            _, message = self._model_ref(spec, spec.checkpoint_ref, spec.student, "student")
+            if message:
+                errors.append({"field": "checkpoint_ref", "message": message})
+        if errors:
+            raise SpecRejected(errors)
+        return teacher_job_id
+
+    def _dataset(self, name: str) -> DatasetInfo | str:
+        """The registered dataset, or why it cannot be used (no server paths in it)."""
+        if name not in self._datasets:
+            if not (self.data_root / name / MANIFEST_NAME).is_file():
+                self._datasets[name] = f"no dataset '{name}' is registered on this server"
+            else:
+                try:
+                    self._datasets[name] = load_dataset_info(self.data_root, name)
+                except DatasetError as exc:
+                    log.warning("dataset %s is registered but unusable: %s", name, exc)
+                    self._datasets[name] = (
+                        f"dataset '{name}' is registered but unusable "
+                        "(its manifest or files are invalid; see the server log)"
+                    )
+        return self._datasets[name]
+
+    def _dataset_errors(self, spec: RunSpec) -> list[dict[str, str]]:
+        info = self._dataset(spec.dataset.name)
+        if isinstance(info, str):
+            return [{"field": "dataset.name", "message": info}]
+        errors = []
+        available = ", ".join(sorted(info.splits))
+        for key in ("train_split", "val_split"):
+            split = getattr(spec.dataset, key)
+            if split not in info.splits:
+                errors.append(
+                    {
+                        "field": f"dataset.{key}",
+                        "message": f"dataset '{info.name}' has no split '{split}' "
+                        f"(available: {available})",
+                    }
+                )
+        return errors
+
+    def _job(self, job_id: str) -> Job | None:
+        if job_id not in self._jobs:
+            self._jobs[job_id] = self.db_session.scalar(select(Job).where(Job.id == job_id))
+        return self._jobs[job_id]
+
+    def _model_ref(
+        self, spec: RunSpec, ref: str, expected: ModelSpec | None, what: str
+    ) -> tuple[str | None, str | None]:
+        """(job id when ``ref`` is a job, the problem or None) for a job id or checkpoint name."""
+        job = self._job(ref)
+        if job is None:
+            root = self.weights_root.resolve()
+            path = (root / f"{ref}.pth").resolve()
+            if path.is_relative_to(root) and path.is_file():
+                return None, None
+            return None, f"no job and no registered checkpoint is named '{ref}'"
+        if job.state != "succeeded":
+            return job.id, f"job {ref} is {job.state}, not succeeded"
+        if job.kind not in CHECKPOINT_KINDS:
+            return job.id, (
+                f"job {ref} is an '{job.kind}' job; only train or distill jobs make a checkpoint"
+            )
+        if job.detector != spec.detector:
+            return job.id, f"job {ref} trained a '{job.detector}' detector, not '{spec.detector}'"
+        if expected is not None:
+            mismatch = _model_mismatch(job.spec.get("student"), expected)
+            if mismatch:
+                return job.id, f"job {ref}'s student model differs from this {what}: {mismatch}"
+        return job.id, None
+
+
+def _model_mismatch(stored: Any, expected: ModelSpec) -> str | None:
+    """The fields where a job's stored student model differs from ``expected``."""
+    try:
+        model = ModelSpec.model_validate(stored)
+    except ValidationError:
+        return "the job's model cannot be read"
+    diffs = [
+        f"{name} {getattr(model, name)!r} in the job, {getattr(expected, name)!r} here"
+        for name in ModelSpec.model_fields
+        if getattr(model, name) != getattr(expected, name)
+    ]
+    return ", ".join(diffs) or None
 
 
 @dataclass(frozen=True)
@@ -53,9 +186,17 @@ def _replay(existing: Job, spec_hash: str) -> Job:
     return existing
 
 
-def new_job(*, spec: RunSpec, owner: str, max_attempts: int, sweep_id: str | None = None) -> Job:
-    """A queued job row for ``spec`` (not added to a session: the caller owns the transaction)."""
-    return Job(
+def new_job(
+    *,
+    spec: RunSpec,
+    owner: str,
+    max_attempts: int,
+    sweep_id: str | None = None,
+    teacher_job_id: str | None = None,
+) -> Job:
+    """A queued job row for ``spec``, marked for sending (not added to a session: the
+    caller owns the transaction and sends it with enqueue.send_job after the commit)."""
+    job = Job(
         kind=spec.kind,
         detector=spec.detector,
         dataset=spec.dataset.name,
@@ -65,24 +206,39 @@ def new_job(*, spec: RunSpec, owner: str, max_attempts: int, sweep_id: str | Non
         owner=owner,
         max_attempts=max_attempts,
         sweep_id=sweep_id,
+        teacher_job_id=teacher_job_id,
     )
+    enqueue.mark_for_send(job)
+    return job
 
 
 def create(
     *,
     db_session: Session,
+    settings: Settings,
     spec: RunSpec,
     owner: str,
-    max_attempts: int,
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
-    """Store a queued job; returns (job, created). A replayed key returns the first job."""
+    """Store a queued job, then send it; returns (job, created).
+
+    A replayed key returns the first job and sends nothing. The spec's dataset
+    and references are checked first (SpecRejected); the row is committed before
+    its message is sent, and a broker that is down leaves it to the re-sender.
+    """
     spec_hash = spec.spec_hash()
     if idempotency_key is not None:
         existing = _by_key(db_session, owner, idempotency_key)
         if existing is not None:
             return _replay(existing, spec_hash), False
-    job = new_job(spec=spec, owner=owner, max_attempts=max_attempts)
+    checker = RefChecker(db_session, settings.data_root, settings.weights_root)
+    teacher_job_id = checker.check(spec)
+    job = new_job(
+        spec=spec,
+        owner=owner,
+        max_attempts=settings.max_attempts,
+        teacher_job_id=teacher_job_id,
+    )
     job.idempotency_key = idempotency_key
     db_session.add(job)
     try:
@@ -94,6 +250,8 @@ def create(
         if existing is None:
             raise
         return _replay(existing, spec_hash), False
+    if not enqueue.send_job(db_session, settings, job):
+        db_session.refresh(job)  # send_job cleared enqueued_at (and so updated_at)
     return job, True
 
 

@@ -7,11 +7,13 @@ import itertools
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from api.db.models import JOB_STATES, ApiToken, Job, Sweep
-from api.services.jobs import new_job
+from api.services import enqueue
+from api.services.jobs import RefChecker, SpecRejected, new_job
+from api.settings import Settings
 from pgd_core.spec import RunSpec
 
 
@@ -22,6 +24,15 @@ class InvalidCombination(ValueError):
         super().__init__(f"grid: the combination {combination} is not a valid spec")
         self.combination = combination
         self.errors = errors
+
+
+class CombinationRejected(SpecRejected):
+    """One combination names a dataset, split, teacher or checkpoint this server lacks."""
+
+    def __init__(self, combination: dict[str, Any], rejected: SpecRejected) -> None:
+        super().__init__(rejected.errors)
+        self.combination = combination
+        self.args = (f"grid: the combination {combination} is rejected: {rejected}",)
 
 
 def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
@@ -58,23 +69,56 @@ def expand(base: RunSpec, grid: dict[str, list[Any]]) -> list[tuple[dict[str, An
 def create(
     *,
     db_session: Session,
+    settings: Settings,
     base: RunSpec,
     grid: dict[str, list[Any]],
     owner: str,
-    max_attempts: int,
 ) -> tuple[Sweep, list[Job]]:
-    """Validate every combination first, then store the sweep and its queued jobs atomically."""
+    """Validate every combination first, then store the sweep and its queued jobs
+    atomically, then send them. Raises InvalidCombination or CombinationRejected."""
     specs = expand(base, grid)
+    checker = RefChecker(db_session, settings.data_root, settings.weights_root)
+    teachers = []
+    for combination, spec in specs:
+        try:
+            teachers.append(checker.check(spec))
+        except SpecRejected as exc:
+            raise CombinationRejected(combination, exc) from None
     sweep = Sweep(owner=owner, grid=grid)
     db_session.add(sweep)
     db_session.flush()
     jobs = [
-        new_job(spec=spec, owner=owner, max_attempts=max_attempts, sweep_id=sweep.id)
-        for _, spec in specs
+        new_job(
+            spec=spec,
+            owner=owner,
+            max_attempts=settings.max_attempts,
+            sweep_id=sweep.id,
+            teacher_job_id=teacher,
+        )
+        for (_, spec), teacher in zip(specs, teachers, strict=True)
     ]
     db_session.add_all(jobs)
     db_session.commit()
+    send_all(db_session, settings, jobs)
     return sweep, jobs
+
+
+def send_all(db_session: Session, settings: Settings, jobs: list[Job]) -> None:
+    """Send committed jobs in order; after the first failure the rest are left unsent
+    (``enqueued_at`` cleared) for the re-sender instead of each waiting for the broker."""
+    for index, job in enumerate(jobs):
+        if enqueue.send_job(db_session, settings, job):
+            continue
+        rest = [other.id for other in jobs[index + 1 :]]
+        if rest:
+            db_session.execute(
+                update(Job)
+                .where(Job.id.in_(rest), Job.state == "queued")
+                .values(enqueued_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            db_session.commit()
+        return
 
 
 def get(*, db_session: Session, sweep_id: str, token: ApiToken) -> Sweep | None:

@@ -1,0 +1,280 @@
+"""Real Celery worker processes running jobs end to end, and surviving faults.
+
+Each test starts workers as separate processes (the way `pgd worker` does),
+posts jobs through the HTTP API, and kills or restarts things the way a crash
+or an operator would. PostgreSQL and Redis are the machine's own; tests that
+restart Redis use a private redis-server so nothing else is disturbed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from db_helpers import bearer
+from fastapi.testclient import TestClient
+from worker_helpers import PrivateRedis, Stack, distinct_steps_ok, free_port, stack, tiny_spec
+
+from api.embedded import settings_env, wait_ready
+from api.main import create_app
+
+MACHINE_REDIS = "redis://127.0.0.1:6379/10"
+
+
+@pytest.fixture
+def machine_redis() -> Iterator[str]:
+    client = redis.Redis.from_url(MACHINE_REDIS)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.skip(f"Redis unreachable: {exc}")
+    client.flushdb()
+    yield MACHINE_REDIS
+    client.flushdb()
+    client.close()
+
+
+def post(http: httpx.Client, headers: dict[str, str], spec: dict, **extra: str) -> str:
+    response = http.post("/jobs", json=spec, headers=headers | extra)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def finished(job) -> bool:  # noqa: ANN001 - a Job row
+    return job.state in ("succeeded", "failed", "cancelled")
+
+
+def assert_succeeded_once(s: Stack, job_id: str, max_iters: int) -> None:
+    job = s.job(job_id)
+    assert (job.state, job.reason, job.progress) == ("succeeded", None, 1.0), job.message
+    results = s.results(job_id)
+    assert len(results) == 1
+    assert results[0].metrics.keys() >= {"AP", "AP50", "AP75"}
+    points = s.points(job_id)
+    assert distinct_steps_ok(points)
+    # metrics_interval is 1: every training step of the loss, exactly once.
+    assert [step for name, step, _ in points if name == "loss"] == list(range(1, max_iters + 1))
+    artifacts = s.artifacts(job_id)
+    assert artifacts["checkpoint"].name == f"iter_{max_iters}.pth"
+    assert artifacts["checkpoint"].is_file() and artifacts["log"].is_file()
+
+
+# -- end to end ----------------------------------------------------------------
+
+
+def test_distill_job_end_to_end_on_postgresql_and_redis(machine_redis: str, tmp_path: Path):
+    """Teacher, no-KD baseline and PGD student through the API and a real worker;
+    the leaderboard row of the PGD student carries both references and the deltas."""
+    with stack("postgresql", machine_redis, tmp_path) as s:
+        app = create_app(s.settings)
+        headers = bearer(app, "alice")
+        s.start_worker()
+        with TestClient(app) as http:
+            teacher = post(http, headers, tiny_spec("tiny-fcos-teacher").model_dump(mode="json"))
+            baseline = post(http, headers, tiny_spec().model_dump(mode="json"))
+            s.wait(teacher, finished)
+            distill = tiny_spec("tiny-fcos-pgd").model_dump(mode="json")
+            distill["teacher_ref"] = teacher
+            student = post(http, headers, distill)
+            for job_id in (teacher, baseline, student):
+                s.wait(job_id, finished)
+                assert_succeeded_once(s, job_id, 8)
+            assert s.job(student).teacher_job_id == teacher
+            page = http.get("/results", params={"method": "pgd"}, headers=headers).json()
+            (row,) = [r for r in page["items"] if r["job_id"] == student]
+            mine, base, teach = (s.results(j)[0] for j in (student, baseline, teacher))
+            assert (row["teacher_job_id"], row["baseline_job_id"]) == (teacher, baseline)
+            assert (row["ap"], row["baseline_ap"], row["teacher_ap"]) == (
+                mine.ap,
+                base.ap,
+                teach.ap,
+            )
+            assert row["delta_ap_vs_baseline"] == pytest.approx(mine.ap - base.ap, abs=1e-9)
+            assert row["delta_ap_vs_teacher"] == pytest.approx(mine.ap - teach.ap, abs=1e-9)
+            events = http.get(f"/jobs/{student}/metrics", headers=headers).json()
+            assert "loss_pgd_cls" in repr(events)
+            log = http.get(f"/jobs/{student}/logs", params={"tail": 5}, headers=headers)
+            assert log.status_code == 200 and len(log.text.splitlines()) == 5
+
+
+def test_embedded_default_sqlite_and_sqlalchemy_broker(tmp_path: Path):
+    """The same path with nothing installed: SQLite and kombu's SQLAlchemy transport."""
+    broker = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+    with stack("sqlite", broker, tmp_path) as s:
+        app = create_app(s.settings)
+        headers = bearer(app, "bob")
+        s.start_worker()
+        with TestClient(app) as http:
+            job_id = post(http, headers, tiny_spec().model_dump(mode="json"))
+            s.wait(job_id, finished)
+            assert_succeeded_once(s, job_id, 8)
+            body = http.get("/results", headers=headers).json()
+            assert job_id in repr(body)
+
+
+# -- faults --------------------------------------------------------------------
+
+
+def test_kill_9_during_training_resumes_from_the_checkpoint(machine_redis: str, tmp_path: Path):
+    with stack("postgresql", machine_redis, tmp_path) as s:
+        app = create_app(s.settings)
+        headers = bearer(app, "carol")
+        first = s.start_worker()
+        spec = tiny_spec(max_iters=24, checkpoint_interval=4).model_dump(mode="json")
+        with TestClient(app) as http:
+            job_id = post(http, headers, spec)
+        # Killed after its checkpoint at iteration 8 at least was written.
+        s.wait(job_id, lambda j: j.state == "running" and j.progress >= 10 / 24)
+        s.kill_worker(first)
+        job = s.wait(job_id, lambda j: j.state == "queued", timeout=60, maintain_every=0.5)
+        assert (job.attempt, job.lost_count, job.enqueued_at is not None) == (1, 1, True)
+        s.start_worker()
+        s.wait(job_id, finished, maintain_every=0.5)
+        assert_succeeded_once(s, job_id, 24)
+        job = s.job(job_id)
+        assert (job.attempt, job.lost_count) == (1, 1)
+        # The second attempt resumed (mmengine's log says from which iteration).
+        logs = sorted((s.settings.work_root / "jobs" / job_id).glob("*/*.log"))
+        assert len(logs) == 2
+        resumed = re.search(r"resumed epoch: \d+, iter: (\d+)", logs[1].read_text())
+        assert resumed is not None and int(resumed.group(1)) >= 8
+
+
+def test_redis_restart_while_a_job_runs(tmp_path: Path):
+    private = PrivateRedis(tmp_path)
+    private.start()
+    try:
+        with stack("postgresql", private.url, tmp_path) as s:
+            app = create_app(s.settings)
+            headers = bearer(app, "dave")
+            s.start_worker()
+            spec = tiny_spec(max_iters=24).model_dump(mode="json")
+            with TestClient(app) as http:
+                job_id = post(http, headers, spec)
+                s.wait(job_id, lambda j: j.state == "running" and j.progress > 0.2)
+                private.stop()  # nothing persisted: the running job's message is gone
+                time.sleep(1.0)
+                private.start()
+                s.wait(job_id, finished, maintain_every=0.5)
+                assert_succeeded_once(s, job_id, 24)
+                assert s.job(job_id).attempt == 0
+                # The worker reconnected: a job posted after the restart runs too.
+                after = post(http, headers, tiny_spec(seed=1).model_dump(mode="json"))
+                s.wait(after, finished, maintain_every=0.5)
+                assert_succeeded_once(s, after, 8)
+    finally:
+        private.stop()
+
+
+def test_api_restart_while_a_job_runs(machine_redis: str, tmp_path: Path):
+    with stack("postgresql", machine_redis, tmp_path) as s:
+        headers = bearer(create_app(s.settings), "erin")
+        s.start_worker()
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)]
+        env = settings_env(s.settings)
+
+        def api() -> subprocess.Popen[bytes]:
+            process = subprocess.Popen(
+                command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            wait_ready(url)
+            return process
+
+        server = api()
+        try:
+            spec = tiny_spec(max_iters=24).model_dump(mode="json")
+            with httpx.Client(base_url=url, timeout=10) as http:
+                job_id = post(http, headers, spec)
+            s.wait(job_id, lambda j: j.state == "running" and j.progress > 0.2)
+            server.kill()
+            server.wait()
+            server = api()
+            with httpx.Client(base_url=url, timeout=10) as http:
+                s.wait(job_id, finished)
+                body = http.get(f"/jobs/{job_id}", headers=headers).json()
+                assert body["state"] == "succeeded"
+            assert_succeeded_once(s, job_id, 24)
+        finally:
+            server.kill()
+            server.wait()
+
+
+def test_a_job_that_kills_its_worker_every_time_ends_worker_lost(
+    machine_redis: str, tmp_path: Path
+):
+    with stack("postgresql", machine_redis, tmp_path) as s:
+        app = create_app(s.settings)
+        headers = bearer(app, "frank")
+        spec = tiny_spec(max_iters=200, checkpoint_interval=100).model_dump(mode="json")
+        with TestClient(app) as http:
+            response = http.post("/jobs", json=spec, headers=headers)
+            job_id = response.json()["id"]
+        assert s.job(job_id).max_attempts == 3
+        for attempt in range(3):
+            worker = s.start_worker()
+            s.wait(job_id, lambda j, a=attempt: j.state == "running" and j.attempt == a)
+            s.kill_worker(worker)
+            s.wait(
+                job_id,
+                lambda j, a=attempt: j.attempt > a or finished(j),
+                timeout=60,
+                maintain_every=0.5,
+            )
+        job = s.job(job_id)
+        assert (job.state, job.reason, job.lost_count, job.attempt) == (
+            "failed",
+            "worker_lost",
+            3,
+            2,
+        )
+        assert "3 times" in job.message
+        assert s.results(job_id) == []
+
+
+# -- cancel and divergence ------------------------------------------------------
+
+
+def test_cancel_during_training_saves_a_checkpoint(machine_redis: str, tmp_path: Path):
+    with stack("postgresql", machine_redis, tmp_path) as s:
+        app = create_app(s.settings)
+        headers = bearer(app, "gina")
+        s.start_worker()
+        spec = tiny_spec(max_iters=400, checkpoint_interval=1000).model_dump(mode="json")
+        with TestClient(app) as http:
+            job_id = post(http, headers, spec)
+            s.wait(job_id, lambda j: j.state == "running" and j.progress > 0.01)
+            asked = time.monotonic()
+            assert http.post(f"/jobs/{job_id}/cancel", headers=headers).status_code == 202
+            job = s.wait(job_id, finished, timeout=30)
+            took = time.monotonic() - asked
+        assert (job.state, job.reason) == ("cancelled", None)
+        assert took < 10, f"cancel took {took:.1f} s"
+        checkpoint = s.artifacts(job_id)["checkpoint"]
+        assert checkpoint.is_file()
+        stopped_at = int(re.search(r"iteration (\d+)", job.message).group(1))
+        assert checkpoint.name == f"iter_{stopped_at}.pth" and 0 < stopped_at < 400
+        assert s.results(job_id) == []
+
+
+def test_diverging_job_fails_with_reason_diverged(machine_redis: str, tmp_path: Path):
+    with stack("postgresql", machine_redis, tmp_path) as s:
+        app = create_app(s.settings)
+        headers = bearer(app, "hank")
+        s.start_worker()
+        spec = tiny_spec(max_iters=40, lr=1e12, warmup_iters=0).model_dump(mode="json")
+        spec["schedule"]["grad_clip"] = None
+        with TestClient(app) as http:
+            job_id = post(http, headers, spec)
+            job = s.wait(job_id, finished)
+        assert (job.state, job.reason) == ("failed", "diverged"), job.message
+        assert re.match(r"training diverged at iteration \d+: \w+ = (nan|inf|-inf)", job.message)
+        assert s.results(job_id) == []

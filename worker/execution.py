@@ -1,0 +1,326 @@
+"""Run one claimed job with pgd_core and record its outcome.
+
+Every state change is one guarded UPDATE on (id, attempt, state): a duplicate or
+stale message claims nothing, and a worker whose job was taken over by the
+reaper (its heartbeat went stale) can no longer finish it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db.models import Artifact, EvalResult, Job
+from api.db.session import make_engine, make_session_factory
+from api.db.types import utcnow
+from api.settings import Settings
+from worker.reporting import LostOwnership, Reporter, forget_steps_after
+
+log = logging.getLogger("pgd.worker")
+
+ACTIVE = ("running", "cancelling")
+# Metric names of the evaluators -> the leaderboard's indexed columns.
+RESULT_COLUMNS = ("ap", "ap50", "ap75", "aps", "apm", "apl", "mr", "ji")
+_ITER = re.compile(r"iter_(\d+)\.pth$")
+
+
+class JobInputError(Exception):
+    """A job's inputs cannot be found (teacher or checkpoint reference)."""
+
+    reason = "missing_file"
+
+
+@dataclass
+class Outcome:
+    state: str
+    reason: str | None = None
+    message: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: list[tuple[str, str, Path]] = field(default_factory=list)  # name, kind, path
+
+
+_factories: dict[str, sessionmaker[Session]] = {}
+
+
+def session_factory_for(settings: Settings) -> sessionmaker[Session]:
+    """One engine per database URL and process (a worker child runs one job)."""
+    if settings.database_url not in _factories:
+        _factories[settings.database_url] = make_session_factory(make_engine(settings.database_url))
+    return _factories[settings.database_url]
+
+
+def claim(
+    session_factory: sessionmaker[Session], job_id: str, attempt: int, worker: str
+) -> Job | None:
+    """queued -> running for exactly this attempt; None when the message is stale."""
+    now = utcnow()
+    with session_factory() as db_session:
+        result = db_session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.attempt == attempt, Job.state == "queued")
+            .values(state="running", worker=worker, heartbeat_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            db_session.rollback()
+            return None
+        db_session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.started_at.is_(None))
+            .values(started_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        db_session.commit()
+        return db_session.get(Job, job_id)
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    return settings.work_root / "jobs" / job_id
+
+
+def _checkpoint_of_job(db_session: Session, job_id: str, what: str) -> Path | None:
+    row = db_session.execute(
+        select(Job.state, Artifact.path)
+        .outerjoin(Artifact, (Artifact.job_id == Job.id) & (Artifact.name == "checkpoint"))
+        .where(Job.id == job_id)
+    ).first()
+    if row is None:
+        return None
+    if row.state != "succeeded" or row.path is None:
+        raise JobInputError(f"{what}: job {job_id} has no checkpoint (it is {row.state})")
+    return row.path
+
+
+def resolve_ref(
+    db_session: Session, settings: Settings, ref: str, *, job_id: str | None, what: str
+) -> Path:
+    """A teacher / checkpoint reference -> a file: a finished job's checkpoint artifact,
+    or ``<weights_root>/<ref>.pth``."""
+    stored = _checkpoint_of_job(db_session, job_id or ref, what)
+    if stored is not None:
+        path = (settings.work_root / stored).resolve()
+    else:
+        path = (settings.weights_root / f"{ref}.pth").resolve()
+    if not path.is_file():
+        raise JobInputError(f"{what} '{ref}': checkpoint file {path} does not exist")
+    return path
+
+
+def resume_iteration(work_dir: Path) -> int | None:
+    """The iteration of the checkpoint a resumed run starts from, if any."""
+    from pgd_core.runner import last_checkpoint
+
+    path = last_checkpoint(work_dir)
+    match = _ITER.search(path.name) if path else None
+    return int(match.group(1)) if match else None
+
+
+def _relative(settings: Settings, path: Path) -> str:
+    return str(Path(path).resolve().relative_to(settings.work_root.resolve()))
+
+
+def _log_file(work_dir: Path) -> Path | None:
+    logs = sorted(work_dir.glob("*/*.log"), key=lambda p: p.stat().st_mtime)
+    return logs[-1] if logs else None
+
+
+def _artifacts(result: Any, work_dir: Path) -> list[tuple[str, str, Path]]:
+    found: list[tuple[str, str, Path]] = []
+    if result.checkpoint is not None:
+        found.append(("checkpoint", "checkpoint", Path(result.checkpoint)))
+    found.extend((f"plots/{p.name}", "plot", Path(p)) for p in result.plots)
+    log_file = _log_file(work_dir)
+    if log_file is not None:
+        found.append(("log", "log", log_file))
+    return found
+
+
+def _failure(exc: BaseException) -> Outcome:
+    import torch
+
+    from pgd_core.datasets import DatasetError
+    from pgd_core.distiller import PairingError
+    from pgd_core.runner import TrainingDiverged
+
+    reason = "error"
+    if isinstance(exc, TrainingDiverged):
+        reason = "diverged"
+    elif isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        reason = "out_of_memory"
+    elif isinstance(exc, JobInputError | FileNotFoundError):
+        reason = "missing_file"
+    elif isinstance(exc, DatasetError):
+        reason = "bad_dataset"
+    elif isinstance(exc, PairingError | ValueError):
+        reason = "invalid_spec"
+    message = str(exc) or type(exc).__name__
+    if reason == "error":
+        tail = "".join(traceback.format_exception(exc)[-6:])
+        message = f"{type(exc).__name__}: {message}\n{tail}"
+    return Outcome("failed", reason, message[:4000])
+
+
+def _column(value: float | None) -> float | None:
+    # COCO reports -1 for "no ground truth of this size": no value, not a score.
+    return None if value is None or value < 0 else float(value)
+
+
+def finish(
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    job: Job,
+    attempt: int,
+    outcome: Outcome,
+) -> bool:
+    """Record the outcome in one transaction, guarded on the attempt; False if taken over."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "state": outcome.state,
+        "reason": outcome.reason,
+        "message": outcome.message,
+        "finished_at": now,
+        "heartbeat_at": now,
+        "updated_at": now,
+    }
+    if outcome.state == "succeeded":
+        values["progress"] = 1.0
+    with session_factory() as db_session:
+        result = db_session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.attempt == attempt, Job.state.in_(ACTIVE))
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            db_session.rollback()
+            return False
+        if outcome.state == "succeeded" and outcome.metrics:
+            db_session.execute(delete(EvalResult).where(EvalResult.job_id == job.id))
+            lowered = {k.lower(): v for k, v in outcome.metrics.items()}
+            db_session.add(
+                EvalResult(
+                    job_id=job.id,
+                    dataset=job.dataset,
+                    detector=job.detector,
+                    method=job.method,
+                    metrics=outcome.metrics,
+                    **{column: _column(lowered.get(column)) for column in RESULT_COLUMNS},
+                )
+            )
+        names = [name for name, _, _ in outcome.artifacts]
+        if names:
+            db_session.execute(
+                delete(Artifact).where(Artifact.job_id == job.id, Artifact.name.in_(names))
+            )
+            for name, kind, path in outcome.artifacts:
+                db_session.add(
+                    Artifact(
+                        job_id=job.id,
+                        name=name,
+                        kind=kind,
+                        path=_relative(settings, path),
+                        size=Path(path).stat().st_size,
+                    )
+                )
+        db_session.commit()
+    return True
+
+
+def _inputs(
+    session_factory: sessionmaker[Session], settings: Settings, job: Job, spec: Any
+) -> dict[str, Path | None]:
+    teacher = checkpoint = None
+    with session_factory() as db_session:
+        if spec.uses_teacher:
+            if spec.teacher_ref is None:
+                raise JobInputError("teacher_ref: a distill job needs its teacher's checkpoint")
+            teacher = resolve_ref(
+                db_session,
+                settings,
+                spec.teacher_ref,
+                job_id=job.teacher_job_id,
+                what="teacher_ref",
+            )
+        if spec.kind == "evaluate":
+            checkpoint = resolve_ref(
+                db_session, settings, spec.checkpoint_ref, job_id=None, what="checkpoint_ref"
+            )
+    return {"teacher_checkpoint": teacher, "checkpoint": checkpoint}
+
+
+def execute(
+    job_id: str,
+    attempt: int,
+    settings: Settings,
+    *,
+    worker: str,
+    session_factory: sessionmaker[Session] | None = None,
+) -> str:
+    """Claim and run one attempt of a job; returns what happened (for the task log)."""
+    session_factory = session_factory or session_factory_for(settings)
+    job = claim(session_factory, job_id, attempt, worker)
+    if job is None:
+        log.info("job %s attempt %d: not queued for this attempt; message dropped", job_id, attempt)
+        return "dropped"
+    from pgd_core.spec import RunSpec
+
+    spec = RunSpec.model_validate(job.spec)
+    if spec.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything initialises CUDA
+    work_dir = job_dir(settings, job_id)
+    # Points a lost attempt logged after its last checkpoint (all of them when
+    # it saved none) describe weights that are gone: the run logs them again.
+    resumed_from = resume_iteration(work_dir) or 0
+    dropped = forget_steps_after(session_factory, job_id, resumed_from)
+    if resumed_from or dropped:
+        log.info(
+            "job %s: resuming from iteration %d (%d later points dropped)",
+            job_id,
+            resumed_from,
+            dropped,
+        )
+    reporter = Reporter(session_factory, job_id, attempt, heartbeat_s=settings.heartbeat_interval_s)
+    reporter.start()
+    outcome: Outcome
+    try:
+        from pgd_core.runner import run_spec
+
+        result = run_spec(
+            spec,
+            work_dir,
+            data_root=settings.data_root,
+            weights_root=settings.weights_root,
+            callbacks=reporter.callbacks(metrics_interval=settings.metrics_interval),
+            **_inputs(session_factory, settings, job, spec),
+        )
+    except LostOwnership:
+        reporter.stop(flush=False)
+        log.warning("job %s attempt %d was taken over; this worker stops", job_id, attempt)
+        return "lost"
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a reason on the row
+        log.exception("job %s attempt %d failed", job_id, attempt)
+        outcome = _failure(exc)
+    else:
+        state = "succeeded" if result.status == "completed" else "cancelled"
+        outcome = Outcome(
+            state,
+            message=None if state == "succeeded" else f"stopped at iteration {result.iteration}",
+            metrics=result.metrics if state == "succeeded" else {},
+            artifacts=_artifacts(result, work_dir),
+        )
+    try:
+        reporter.stop(flush=True)
+    except Exception:  # noqa: BLE001 - the outcome matters more than the last points
+        log.exception("job %s: final metric flush failed", job_id)
+    if reporter.lost or not finish(session_factory, settings, job, attempt, outcome):
+        log.warning("job %s attempt %d was taken over; outcome not recorded", job_id, attempt)
+        return "lost"
+    return outcome.state

@@ -1,0 +1,25 @@
+"""The one task: run a job by id. All the work is in :mod:`worker.execution`.
+
+torch, mmdet and pgd_core are imported here, in the worker's parent process,
+so that each job's fresh child (one task per child) starts without paying for
+those imports again. Importing torch does not initialise CUDA, so forking
+afterwards is safe.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pgd_core.runner  # noqa: F401 - imported once in the parent, shared by every forked child
+from api.services.enqueue import TASK_NAME
+from worker.app import celery_app
+
+
+@celery_app.task(name=TASK_NAME, bind=True)
+def run_job(self, job_id: str, attempt: int) -> str:  # noqa: ANN001 - Celery's bound task
+    """Claim the job's ``attempt`` and run it; a stale or duplicate message is dropped."""
+    from worker.execution import execute
+
+    worker = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}"
+    return execute(job_id, attempt, celery_app.conf.pgd_settings, worker=worker)
