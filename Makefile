@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.pgd-setup
 export PIP_FIND_LINKS ?= /opt/wheels
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: setup test test-all lint bench clean
+.PHONY: setup test test-all lint bench demo up clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --no-build-isolation -e '.[dev]'
 	$(BIN)/python -c "import mmcv.ops, mmdet, torch; print('mmcv ops OK, mmdet', mmdet.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
+
+# The whole product on this machine: embedded stack, synthetic data, teacher,
+# baseline and PGD student trained through the API, then the leaderboard.
+demo: setup
+	$(BIN)/pgd demo
+
+# API + one worker on SQLite and a server-less broker (Ctrl-C stops both).
+up: setup
+	$(BIN)/pgd up
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"

@@ -1,0 +1,181 @@
+"""``pgd demo``: the product in a few minutes on a laptop CPU.
+
+Starts the embedded stack (``pgd up``: SQLite, a server-less broker, one real
+Celery worker), makes a small synthetic detection data set, then through the
+REST API trains a tiny teacher and a tiny no-KD student baseline, distils a
+tiny PGD student from that teacher, and prints the leaderboard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from api.embedded import REPO_ROOT, wait_ready
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def _spec(client: httpx.Client, preset: str, iters: int, **extra: Any) -> dict[str, Any]:
+    presets = {p["name"]: p["spec"] for p in client.get("/presets").json()}
+    spec = presets[preset]
+    spec["schedule"].update(
+        max_iters=iters,
+        milestones=[int(iters * 0.75)],
+        warmup_iters=min(20, iters // 4),
+        checkpoint_interval=max(1, iters // 2),
+        log_interval=10,
+    )
+    spec.update(extra)
+    return spec
+
+
+def _post(client: httpx.Client, spec: dict[str, Any], label: str) -> str:
+    response = client.post("/jobs", json=spec)
+    if response.status_code != 202:
+        raise RuntimeError(f"POST /jobs ({label}) -> {response.status_code}: {response.text}")
+    job = response.json()
+    print(f"  queued {label:<24} job {job['id']}", flush=True)
+    return job["id"]
+
+
+def _wait(client: httpx.Client, jobs: dict[str, str], until: list[str], timeout: float) -> None:
+    """Print each job's state and progress while waiting for the ``until`` jobs."""
+    deadline = time.monotonic() + timeout
+    seen: dict[str, tuple[str, int]] = {}
+    while True:
+        done = True
+        for label, job_id in jobs.items():
+            job = client.get(f"/jobs/{job_id}").json()
+            now = (job["state"], int(job["progress"] * 10) * 10)  # 10 % steps
+            if seen.get(label) != now:
+                seen[label] = now
+                print(f"  {label:<24} {now[0]:<10} {now[1]:>3}%", flush=True)
+            if job_id in until and job["state"] not in TERMINAL:
+                done = False
+            if job["state"] == "failed":
+                raise RuntimeError(f"{label} failed ({job['reason']}): {job['message']}")
+        if done:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"jobs not finished after {timeout:.0f} s")
+        time.sleep(1.0)
+
+
+def _fmt(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def print_leaderboard(rows: list[dict[str, Any]], labels: dict[str, str]) -> None:
+    header = (
+        f"{'model':<24} {'method':<7} {'AP':>6} {'AP50':>6} "
+        f"{'teacher AP':>10} {'baseline AP':>11} {'dAP vs base':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{labels.get(row['job_id'], row['job_id'][:8]):<24} {row['method']:<7} "
+            f"{_fmt(row['ap']):>6} {_fmt(row['ap50']):>6} {_fmt(row['teacher_ap']):>10} "
+            f"{_fmt(row['baseline_ap']):>11} {_fmt(row['delta_ap_vs_baseline'], True):>11}"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    home = args.home.resolve()
+    if home.exists() and not args.keep:
+        shutil.rmtree(home)
+    home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update(
+        PGD_DATABASE_URL=f"sqlite:///{home / 'pgd.db'}",
+        PGD_BROKER_URL=f"sqla+sqlite:///{home / 'broker.db'}",
+        PGD_DATA_ROOT=str(home / "data"),
+        PGD_WORK_ROOT=str(home / "work"),
+        PGD_WEIGHTS_ROOT=str(home / "weights"),
+        PGD_HEARTBEAT_INTERVAL_S="1",
+        PGD_MAINTENANCE_INTERVAL_S="5",
+    )
+    from pgd_core.synthetic import make_coco_shapes
+
+    print(f"1/4 synthetic data set 'shapes' in {home / 'data'}", flush=True)
+    make_coco_shapes(home / "data", "shapes", num_train=64, num_val=16, overwrite=True)
+    print("2/4 starting the embedded stack (API + one Celery worker)", flush=True)
+    token_file = home / "token"
+    url = f"http://127.0.0.1:{args.port}"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "up",
+            "--port",
+            str(args.port),
+            "--token-file",
+            str(token_file),
+        ],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=open(home / "up.log", "wb"),  # noqa: SIM115 - the child keeps it open
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_ready(url, timeout=120)
+        token = token_file.read_text().strip()
+        print(f"    API at {url}, logs in {home}", flush=True)
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+            print("3/4 training through the API", flush=True)
+            jobs = {
+                "teacher (R-34)": _post(
+                    client, _spec(client, "tiny-fcos-teacher", args.teacher_iters), "teacher (R-34)"
+                ),
+                "student baseline (R-18)": _post(
+                    client,
+                    _spec(client, "tiny-fcos-student", args.student_iters),
+                    "student baseline (R-18)",
+                ),
+            }
+            _wait(client, jobs, [jobs["teacher (R-34)"]], args.timeout)
+            pgd = _spec(
+                client, "tiny-fcos-pgd", args.student_iters, teacher_ref=jobs["teacher (R-34)"]
+            )
+            jobs["PGD student (R-18)"] = _post(client, pgd, "PGD student (R-18)")
+            _wait(client, jobs, list(jobs.values()), args.timeout)
+            print("4/4 leaderboard (GET /results?dataset=shapes, AP in percent)\n", flush=True)
+            page = client.get("/results", params={"dataset": "shapes", "sort": "-ap"}).json()
+            labels = {job_id: label for label, job_id in jobs.items()}
+            print_leaderboard([r for r in page["items"] if r["job_id"] in labels], labels)
+            print(f"\nPR curves: {url}/jobs/{jobs['PGD student (R-18)']}/artifacts")
+        return 0
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"demo failed: {exc}\n(see {home / 'up.log'} and {home / 'work'})", file=sys.stderr)
+        return 1
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pgd demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=Path("var/demo"), help="demo state folder")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--teacher-iters", type=int, default=200)
+    parser.add_argument("--student-iters", type=int, default=100)
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--keep", action="store_true", help="do not wipe --home first")
+    return run(parser.parse_args(argv))
