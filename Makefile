@@ -44,8 +44,9 @@ test-all: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check pgd_core api migrations tests bench
-	$(BIN)/ruff format --check pgd_core api migrations tests bench
+	$(BIN)/ruff check pgd_core api worker migrations tests bench
+	$(BIN)/ruff format --check pgd_core api worker migrations tests bench
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python bench/bench_regions.py

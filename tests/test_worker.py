@@ -18,10 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import sqlalchemy as sa
 from db_helpers import bearer
 from fastapi.testclient import TestClient
 from worker_helpers import PrivateRedis, Stack, distinct_steps_ok, free_port, stack, tiny_spec
 
+from api.db.models import Job
+from api.db.types import utcnow
 from api.embedded import settings_env, wait_ready
 from api.main import create_app
 
@@ -278,3 +281,30 @@ def test_diverging_job_fails_with_reason_diverged(machine_redis: str, tmp_path: 
         assert (job.state, job.reason) == ("failed", "diverged"), job.message
         assert re.match(r"training diverged at iteration \d+: \w+ = (nan|inf|-inf)", job.message)
         assert s.results(job_id) == []
+
+
+def test_cancel_fallback_revokes_a_task_that_does_not_stop(machine_redis: str, tmp_path: Path):
+    """A job stuck 'cancelling' (its worker never saw the flag) past cancel_grace_s is
+    terminated by revoke; the reaper then records it cancelled."""
+    with stack("postgresql", machine_redis, tmp_path, cancel_grace_s=1.0) as s:
+        app = create_app(s.settings)
+        headers = bearer(app, "ivan")
+        worker = s.start_worker()
+        spec = tiny_spec(max_iters=400, checkpoint_interval=1000).model_dump(mode="json")
+        with TestClient(app) as http:
+            job_id = post(http, headers, spec)
+        s.wait(job_id, lambda j: j.state == "running" and j.progress > 0.01)
+        # The state says cancelling but the flag is not set: the task will not stop.
+        with s.sessions() as session:
+            session.execute(
+                sa.update(Job)
+                .where(Job.id == job_id)
+                .values(state="cancelling", cancel_requested_at=utcnow())
+            )
+            session.commit()
+        time.sleep(1.5)
+        assert s.maintain().revoked == [job_id]
+        job = s.wait(job_id, finished, timeout=60, maintain_every=0.5)
+        assert (job.state, job.cancel_requested) == ("cancelled", False)
+        assert worker.poll() is None  # only the task's process was terminated
+        assert "Terminating" in s.worker_log() or "SIGKILL" in s.worker_log()

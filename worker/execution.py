@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.db.models import Artifact, EvalResult, Job
 from api.db.session import make_engine, make_session_factory
-from api.db.types import utcnow
+from api.db.types import rowcount, utcnow
 from api.settings import Settings
 from worker.reporting import LostOwnership, Reporter, forget_steps_after
 
@@ -69,7 +69,7 @@ def claim(
             .values(state="running", worker=worker, heartbeat_at=now, updated_at=now)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount != 1:
+        if rowcount(result) != 1:
             db_session.rollback()
             return None
         db_session.execute(
@@ -199,7 +199,7 @@ def finish(
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount != 1:
+        if rowcount(result) != 1:
             db_session.rollback()
             return False
         if outcome.state == "succeeded" and outcome.metrics:
@@ -236,7 +236,7 @@ def finish(
 
 def _inputs(
     session_factory: sessionmaker[Session], settings: Settings, job: Job, spec: Any
-) -> dict[str, Path | None]:
+) -> dict[str, Any]:
     teacher = checkpoint = None
     with session_factory() as db_session:
         if spec.uses_teacher:

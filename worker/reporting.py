@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db.models import Job, MetricPoint
-from api.db.types import utcnow
+from api.db.types import rowcount, utcnow
 from pgd_core.runner import RunCallbacks
 
 log = logging.getLogger("pgd.worker")
@@ -59,7 +59,7 @@ def forget_steps_after(session_factory: sessionmaker[Session], job_id: str, iter
             delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > iteration)
         )
         db_session.commit()
-        return result.rowcount
+        return rowcount(result)
 
 
 class Reporter:
@@ -173,7 +173,7 @@ class Reporter:
                     .values(**values)
                     .execution_options(synchronize_session=False)
                 )
-                if result.rowcount != 1:
+                if rowcount(result) != 1:
                     db_session.rollback()
                     self._lost.set()
                     return

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from sqlalchemy import BigInteger, DateTime, Integer
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import CursorResult, Dialect, Result
 from sqlalchemy.types import TypeDecorator
 
 #: Surrogate integer keys: BIGINT on PostgreSQL; on SQLite only an ``INTEGER
@@ -38,3 +39,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows matched by an UPDATE / DELETE (``Session.execute`` is typed as a plain Result)."""
+    return cast(CursorResult[Any], result).rowcount

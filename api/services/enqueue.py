@@ -28,7 +28,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db.models import Job
-from api.db.types import utcnow
+from api.db.types import rowcount, utcnow
 from api.settings import Settings
 
 log = logging.getLogger("pgd.enqueue")
@@ -207,7 +207,7 @@ def reap(db_session: Session, settings: Settings) -> MaintenanceReport:
             .execution_options(synchronize_session=False)
         )
         db_session.commit()
-        if result.rowcount == 1:
+        if rowcount(result) == 1:
             log.warning(
                 "job %s (attempt %d, %s): heartbeat stale -> %s",
                 job_id,
@@ -241,7 +241,7 @@ def revoke_stuck_cancels(
     """Fallback for a task that does not stop when asked: terminate it."""
     old = utcnow() - timedelta(seconds=settings.cancel_grace_s)
     rows = db_session.execute(
-        select(Job.id, Job.task_id).where(Job.state == "cancelling", Job.updated_at < old)
+        select(Job.id, Job.task_id).where(Job.state == "cancelling", Job.cancel_requested_at < old)
     ).all()
     for job_id, task_id in rows:
         if not task_id:

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db.models import JOB_STATES, Artifact, Job, MetricPoint
-from api.db.types import utcnow
+from api.db.types import rowcount, utcnow
 from api.services import enqueue
 from api.settings import Settings
 
@@ -47,6 +47,7 @@ def retry(*, db_session: Session, settings: Settings, job: Job) -> bool:
             message=None,
             finished_at=None,
             cancel_requested=False,
+            cancel_requested_at=None,
             heartbeat_at=None,
             task_id=enqueue.new_task_id(),
             enqueued_at=now,
@@ -58,7 +59,7 @@ def retry(*, db_session: Session, settings: Settings, job: Job) -> bool:
     )
     db_session.commit()
     db_session.refresh(job)
-    if result.rowcount != 1:
+    if rowcount(result) != 1:
         return False
     if not enqueue.send_job(db_session, settings, job):
         db_session.refresh(job)  # send_job cleared enqueued_at (and so updated_at)
@@ -225,10 +226,13 @@ class _JobWatcher:
             return self.poll()
         with self.session_factory() as session:
             self.last = _snapshot(session, self.job_id)
-            self.high_water = session.scalar(
-                select(func.coalesce(func.max(MetricPoint.id), 0)).where(
-                    MetricPoint.job_id == self.job_id
+            self.high_water = (
+                session.scalar(
+                    select(func.coalesce(func.max(MetricPoint.id), 0)).where(
+                        MetricPoint.job_id == self.job_id
+                    )
                 )
+                or 0
             )
         if self.last is None:
             self.done = True

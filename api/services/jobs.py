@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.db.models import ApiToken, Job
-from api.db.types import utcnow
+from api.db.types import rowcount, utcnow
 from api.services import enqueue
 from api.settings import Settings
 from pgd_core.datasets import MANIFEST_NAME, DatasetError, DatasetInfo, load_dataset_info
@@ -305,6 +305,7 @@ def cancel(*, db_session: Session, job: Job) -> bool:
         .values(
             state=case((queued, "cancelled"), else_="cancelling"),
             cancel_requested=case((queued, Job.cancel_requested), else_=True),
+            cancel_requested_at=case((queued, Job.cancel_requested_at), else_=now),
             finished_at=case((queued, now), else_=Job.finished_at),
             updated_at=now,
         )
@@ -313,4 +314,4 @@ def cancel(*, db_session: Session, job: Job) -> bool:
     db_session.commit()
     db_session.refresh(job)
     # A second cancel of a job still stopping is accepted again, not a conflict.
-    return result.rowcount == 1 or job.state == "cancelling"
+    return rowcount(result) == 1 or job.state == "cancelling"

@@ -61,7 +61,7 @@ def expand(base: RunSpec, grid: dict[str, list[Any]]) -> list[tuple[dict[str, An
         try:
             spec = RunSpec.model_validate(data)
         except ValidationError as exc:
-            raise InvalidCombination(combination, list(exc.errors())) from None
+            raise InvalidCombination(combination, [dict(e) for e in exc.errors()]) from None
         out.append((combination, spec))
     return out
 

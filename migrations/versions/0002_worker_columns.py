@@ -1,4 +1,4 @@
-"""Worker bookkeeping on jobs: lost count, last enqueue, Celery task id, claiming worker.
+"""Worker bookkeeping on jobs: lost count, last enqueue, Celery task id, claiming worker, cancel time.
 
 Revision ID: 0002
 Revises: 0001
@@ -24,12 +24,14 @@ def upgrade() -> None:
         batch.add_column(sa.Column("enqueued_at", TS, nullable=True))
         batch.add_column(sa.Column("task_id", sa.String(64), nullable=True))
         batch.add_column(sa.Column("worker", sa.String(255), nullable=True))
+        batch.add_column(sa.Column("cancel_requested_at", TS, nullable=True))
         batch.create_check_constraint("lost_count", "lost_count >= 0")
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.drop_constraint(op.f("ck_jobs_lost_count"), type_="check")
+        batch.drop_column("cancel_requested_at")
         batch.drop_column("worker")
         batch.drop_column("task_id")
         batch.drop_column("enqueued_at")
