@@ -246,26 +246,35 @@ def test_a_job_that_kills_its_worker_every_time_ends_worker_lost(
 # -- cancel and divergence ------------------------------------------------------
 
 
-def test_cancel_during_training_saves_a_checkpoint(machine_redis: str, tmp_path: Path):
+def test_cancel_during_training_saves_a_checkpoint_and_retry_resumes(
+    machine_redis: str, tmp_path: Path
+):
     with stack("postgresql", machine_redis, tmp_path) as s:
         app = create_app(s.settings)
         headers = bearer(app, "gina")
         s.start_worker()
-        spec = tiny_spec(max_iters=400, checkpoint_interval=1000).model_dump(mode="json")
+        spec = tiny_spec(max_iters=80, checkpoint_interval=1000).model_dump(mode="json")
         with TestClient(app) as http:
             job_id = post(http, headers, spec)
-            s.wait(job_id, lambda j: j.state == "running" and j.progress > 0.01)
+            s.wait(job_id, lambda j: j.state == "running" and j.progress > 0.05)
             asked = time.monotonic()
             assert http.post(f"/jobs/{job_id}/cancel", headers=headers).status_code == 202
             job = s.wait(job_id, finished, timeout=30)
             took = time.monotonic() - asked
-        assert (job.state, job.reason) == ("cancelled", None)
-        assert took < 10, f"cancel took {took:.1f} s"
-        checkpoint = s.artifacts(job_id)["checkpoint"]
-        assert checkpoint.is_file()
-        stopped_at = int(re.search(r"iteration (\d+)", job.message).group(1))
-        assert checkpoint.name == f"iter_{stopped_at}.pth" and 0 < stopped_at < 400
-        assert s.results(job_id) == []
+            assert (job.state, job.reason) == ("cancelled", None)
+            assert took < 10, f"cancel took {took:.1f} s"
+            checkpoint = s.artifacts(job_id)["checkpoint"]
+            assert checkpoint.is_file()
+            stopped_at = int(re.search(r"iteration (\d+)", job.message).group(1))
+            assert checkpoint.name == f"iter_{stopped_at}.pth" and 4 <= stopped_at < 80
+            assert s.results(job_id) == []
+            # Retry continues from that checkpoint, not from zero.
+            assert http.post(f"/jobs/{job_id}/retry", headers=headers).status_code == 202
+            s.wait(job_id, finished)
+        assert_succeeded_once(s, job_id, 80)
+        logs = sorted((s.settings.work_root / "jobs" / job_id).glob("*/*.log"))
+        resumed = re.search(r"resumed epoch: \d+, iter: (\d+)", logs[-1].read_text())
+        assert resumed is not None and int(resumed.group(1)) == stopped_at
 
 
 def test_diverging_job_fails_with_reason_diverged(machine_redis: str, tmp_path: Path):

@@ -211,3 +211,46 @@ def test_missing_teacher_checkpoint_fails_with_missing_file(s: Stack):
     row = s.job(job.id)
     assert row.reason == "missing_file"
     assert "teacher_ref 'no-such-teacher'" in row.message and "does not exist" in row.message
+
+
+def test_failure_reasons():
+    import torch
+
+    from pgd_core.datasets import DatasetError
+    from pgd_core.runner import TrainingDiverged
+    from worker.execution import JobInputError, _failure
+
+    cases = [
+        (TrainingDiverged(7, "loss_cls", float("nan")), "diverged"),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out_of_memory"),
+        (MemoryError(), "out_of_memory"),
+        (FileNotFoundError("teacher checkpoint not found: /w/t.pth"), "missing_file"),
+        (JobInputError("teacher_ref 'x': checkpoint file /w/x.pth does not exist"), "missing_file"),
+        (DatasetError("instances_train.json: annotation 3 has a negative width"), "bad_dataset"),
+        (ValueError("a distill run needs the teacher's checkpoint"), "invalid_spec"),
+        (RuntimeError("something else"), "error"),
+    ]
+    for exc, reason in cases:
+        outcome = _failure(exc)
+        assert (outcome.state, outcome.reason) == ("failed", reason), exc
+    assert _failure(cases[0][0]).message == "training diverged at iteration 7: loss_cls = nan"
+    assert _failure(cases[-1][0]).message.startswith("RuntimeError: something else\n")
+
+
+def test_the_api_process_runs_the_reaper(s: Stack):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    job_id = add_job(s, state="running")
+    age(s, job_id, 10.0)
+    settings = s.settings.model_copy(
+        update={"run_maintenance": True, "maintenance_interval_s": 0.2}
+    )
+    app = create_app(settings)
+    with TestClient(app):
+        deadline = time.monotonic() + 10
+        while s.job(job_id).state != "queued" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    app.state.engine.dispose()
+    assert (s.job(job_id).state, s.job(job_id).attempt) == ("queued", 1)

@@ -90,6 +90,17 @@ class Job(Base):
         Index("ix_jobs_state_heartbeat_at", "state", "heartbeat_at"),
         Index("ix_jobs_sweep_id", "sweep_id"),
         Index("ix_jobs_teacher_job_id", "teacher_job_id"),
+        # The leaderboard's baseline lookup: newest succeeded train job of a pair.
+        Index(
+            "ix_jobs_baseline_lookup",
+            "detector",
+            "dataset",
+            "kind",
+            "state",
+            "finished_at",
+            "created_at",
+            "seq",
+        ),
     )
     # Fetch server-generated values (seq) with RETURNING at insert time.
     __mapper_args__ = {"eager_defaults": True}
@@ -113,6 +124,8 @@ class Job(Base):
     owner: Mapped[str] = mapped_column(String(128))
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When the cancel was asked for: a task still running long after is revoked.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Worker losses (kill -9, OOM kill, reboot) of the current run; the reaper
     # fails the job with reason worker_lost once this reaches max_attempts.
     lost_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -136,7 +149,7 @@ def _number_job_without_identity(mapper: Mapper[Job], connection: Connection, jo
     # not). Its writers are serialised, so max + 1 inside the INSERT is safe
     # there; PostgreSQL uses the identity column instead.
     if job.seq is None and not connection.dialect.supports_identity_columns:
-        job.seq = select(func.coalesce(func.max(Job.seq), 0) + 1).scalar_subquery()  # type: ignore[assignment]
+        job.seq = select(func.coalesce(func.max(Job.seq), 0) + 1).scalar_subquery()
 
 
 class MetricPoint(Base):
@@ -157,7 +170,16 @@ class EvalResult(Base):
     """The final COCO-style (and CrowdHuman) metrics of a job, one row per evaluated model."""
 
     __tablename__ = "eval_results"
-    __table_args__ = (Index("ix_eval_results_leaderboard", "dataset", "detector", "method", "ap"),)
+    # The leaderboard reads the first rows of an index range in either direction:
+    # (metric, id) per sort key, and the default -ap under its usual filters.
+    __table_args__ = (
+        Index("ix_eval_results_leaderboard", "dataset", "detector", "method", "ap", "id"),
+        Index("ix_eval_results_dataset_detector_ap", "dataset", "detector", "ap", "id"),
+        *(
+            Index(f"ix_eval_results_{key}_id", key, "id")
+            for key in ("ap", "ap50", "ap75", "aps", "apm", "apl", "mr", "ji", "created_at")
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)

@@ -11,6 +11,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.settings import get_settings
 
+# Connections a process may hold: as many as the threads that run sync routes
+# (anyio's default limiter: 40), so under load no request waits in the pool
+# while holding a thread (with SQLAlchemy's default, 5 + 10 overflow, requests
+# 16 to 40 would). Mind the server's max_connections (PostgreSQL: 100) when
+# running several API processes.
+POOL_SIZE = 20
+MAX_OVERFLOW = 20
+
 
 def _configure_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
@@ -24,7 +32,11 @@ def _configure_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url``; SQLite connections get foreign keys and WAL."""
+    """An engine for ``url``; SQLite connections get foreign keys and WAL; server
+    databases a pool sized for one API process (see POOL_SIZE)."""
+    if not url.startswith("sqlite") and "poolclass" not in kwargs:
+        kwargs.setdefault("pool_size", POOL_SIZE)
+        kwargs.setdefault("max_overflow", MAX_OVERFLOW)
     engine = create_engine(url, pool_pre_ping=True, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _configure_sqlite)

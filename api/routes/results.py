@@ -16,7 +16,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.orm import Session
 
 from api.auth import current_token
@@ -80,7 +80,7 @@ def list_results(
     ),
     token: ApiToken = Depends(current_token),
     db_session: Session = Depends(get_db),
-) -> ResultPage | StreamingResponse:
+) -> Response:
     """Evaluation results with filters and sorting; distilled rows carry teacher/baseline deltas."""
     try:
         service.parse_sort(sort)
@@ -97,9 +97,9 @@ def list_results(
     rows, next_offset = service.list_page(
         db_session=db_session, filters=filters, sort=sort, limit=limit, offset=offset
     )
-    return ResultPage(
-        items=[ResultRow.model_validate(row) for row in rows],
-        limit=limit,
-        offset=offset,
-        next_offset=next_offset,
+    page = ResultPage.model_validate(
+        {"items": rows, "limit": limit, "offset": offset, "next_offset": next_offset}
     )
+    # Serialised here, once: returning the model would have FastAPI dump it, validate
+    # it again against response_model, then serialise it.
+    return Response(page.model_dump_json(), media_type="application/json")

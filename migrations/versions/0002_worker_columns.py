@@ -1,4 +1,4 @@
-"""Worker bookkeeping on jobs: lost count, last enqueue, Celery task id, claiming worker, cancel time.
+"""Worker bookkeeping on jobs: losses, last enqueue, task id, claiming worker, cancel time.
 
 Revision ID: 0002
 Revises: 0001
