@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from api.settings import Settings
@@ -68,7 +69,8 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """One Celery worker process (its own process group) logging to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    name = f"pgd-{os.getpid()}@{socket.gethostname()}"
+    # Unique per worker: Celery nodes with one name would share remote control.
+    name = f"pgd-{os.getpid()}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             worker_command(queues, concurrency, name),

@@ -84,7 +84,12 @@ class CallbackHook(Hook):
         self, runner: Runner, batch_idx: int, data_batch: Any = None, outputs: dict | None = None
     ) -> None:
         it = runner.iter + 1
-        values = {k: float(v) for k, v in (outputs or {}).items()}
+        # .item() reads the value without the autograd warning of float() on a
+        # tensor that requires grad.
+        values = {
+            k: float(v.item()) if hasattr(v, "item") else float(v)
+            for k, v in (outputs or {}).items()
+        }
         for name, value in values.items():
             if not math.isfinite(value):
                 raise TrainingDiverged(it, name, value)

@@ -11,9 +11,14 @@ from __future__ import annotations
 import os
 import socket
 
+from sqlalchemy.exc import SQLAlchemyError
+
 import pgd_core.runner  # noqa: F401 - imported once in the parent, shared by every forked child
 from api.services.enqueue import TASK_NAME
 from worker.app import celery_app
+
+RETRY_DELAY_S = 10
+RETRY_LIMIT = 60
 
 
 @celery_app.task(name=TASK_NAME, bind=True)
@@ -22,4 +27,10 @@ def run_job(self, job_id: str, attempt: int) -> str:  # noqa: ANN001 - Celery's 
     from worker.execution import execute
 
     worker = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}"
-    return execute(job_id, attempt, celery_app.conf.pgd_settings, worker=worker)
+    try:
+        return execute(job_id, attempt, celery_app.conf.pgd_settings, worker=worker)
+    except SQLAlchemyError as exc:
+        # The database was unreachable (before the claim, or while recording):
+        # send the message again shortly rather than leave the job to the
+        # re-sender. A redelivery claims nothing if the job moved on meanwhile.
+        raise self.retry(exc=exc, countdown=RETRY_DELAY_S, max_retries=RETRY_LIMIT) from exc
