@@ -4,17 +4,27 @@
 a write (and a commit) on every request would double the cost of a read, and
 "used in the last minute" is as precise as anyone needs it. The write is one
 guarded UPDATE, so concurrent requests of one token do not all rewrite it.
+
+Valid tokens are cached in the process for ``TOKEN_CACHE_TTL_S`` seconds (keyed
+by the database URL and the token's hash), which saves a query on nearly every
+request. The price: a token revoked in the database keeps working in a process
+that has used it for up to ``TOKEN_CACHE_TTL_S`` seconds (10 s by default).
+Unknown and revoked tokens are never cached, so a new token works at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import TypeAlias
 
 from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import or_, select, update
+from sqlalchemy import URL, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -24,7 +34,34 @@ from api.deps import get_db
 
 TOKEN_PREFIX = "pgd_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+#: Seconds a valid token is trusted without reading its row again (read at each
+#: request, so tests may patch it); 0 disables the cache.
+TOKEN_CACHE_TTL_S = 10.0
+_TOKEN_CACHE_MAX = 10_000
 _bearer = HTTPBearer(auto_error=False, description="an API token created with the CLI")
+
+
+@dataclass(frozen=True)
+class _Cached:
+    expires: float  # time.monotonic()
+    id: int
+    token_hash: str
+    owner: str
+    is_admin: bool
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+#: (database URL, token hash)
+CacheKey: TypeAlias = tuple[URL, str]
+_cache: dict[CacheKey, _Cached] = {}
+_cache_lock = threading.Lock()
+
+
+def clear_token_cache() -> None:
+    """Forget every cached token (tests; a process that must see a revocation at once)."""
+    with _cache_lock:
+        _cache.clear()
 
 
 def hash_token(token: str) -> str:
@@ -43,6 +80,46 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+def _remember(key: CacheKey, row: ApiToken) -> None:
+    ttl = TOKEN_CACHE_TTL_S
+    if ttl <= 0:
+        return
+    entry = _Cached(
+        expires=time.monotonic() + ttl,
+        id=row.id,
+        token_hash=row.token_hash,
+        owner=row.owner,
+        is_admin=row.is_admin,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+    )
+    with _cache_lock:
+        if len(_cache) >= _TOKEN_CACHE_MAX:
+            _cache.clear()  # rare (that many tokens in 10 s): start again
+        _cache[key] = entry
+
+
+def _from_cache(key: CacheKey) -> ApiToken | None:
+    entry = _cache.get(key)
+    if entry is None:
+        return None
+    if entry.expires <= time.monotonic():
+        with _cache_lock:
+            if _cache.get(key) is entry:
+                del _cache[key]
+        return None
+    # A detached copy per request: callers may not share one mutable object.
+    return ApiToken(
+        id=entry.id,
+        token_hash=entry.token_hash,
+        owner=entry.owner,
+        is_admin=entry.is_admin,
+        created_at=entry.created_at,
+        last_used_at=entry.last_used_at,
+        revoked_at=None,
+    )
+
+
 def current_token(
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
     db_session: Session = Depends(get_db),
@@ -50,20 +127,35 @@ def current_token(
     """The caller's token; 401 when it is missing, unknown or revoked."""
     if credentials is None:
         raise _unauthorized("a bearer token is required")
-    row = db_session.scalar(
-        select(ApiToken).where(ApiToken.token_hash == hash_token(credentials.credentials))
-    )
+    token_hash = hash_token(credentials.credentials)
+    key = (db_session.get_bind().url, token_hash)
+    row = _from_cache(key)
+    if row is not None:
+        if _touch(db_session, row):
+            _remember_use(key, row.last_used_at)
+        return row
+    row = db_session.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash))
     if row is None or row.revoked_at is not None:
         raise _unauthorized("invalid or revoked token")
     _touch(db_session, row)
+    _remember(key, row)
     return row
 
 
-def _touch(db_session: Session, row: ApiToken) -> None:
-    """Record the use of ``row`` unless it was recorded less than a minute ago."""
+def _remember_use(key: CacheKey, last_used_at: datetime | None) -> None:
+    """Keep a cached token's ``last_used_at`` current (not its expiry)."""
+    with _cache_lock:
+        entry = _cache.get(key)
+        if entry is not None:
+            _cache[key] = replace(entry, last_used_at=last_used_at)
+
+
+def _touch(db_session: Session, row: ApiToken) -> bool:
+    """Record the use of ``row`` unless it was recorded less than a minute ago (True
+    when it did)."""
     now = utcnow()
     if row.last_used_at is not None and now - row.last_used_at < LAST_USED_RESOLUTION:
-        return
+        return False
     stale = now - LAST_USED_RESOLUTION
     db_session.execute(
         update(ApiToken)
@@ -77,3 +169,4 @@ def _touch(db_session: Session, row: ApiToken) -> None:
     # Committed now, on its own: the route's transaction may roll back.
     db_session.commit()
     set_committed_value(row, "last_used_at", now)
+    return True

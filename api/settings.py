@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     heartbeat_interval_s: PositiveFloat = Field(
         5.0, description="how often a running job writes its heartbeat, progress and metrics"
     )
+    cancel_poll_s: PositiveFloat = Field(
+        0.5, description="how often a running job reads its cancel flag"
+    )
     metrics_interval: PositiveInt = Field(
         10, description="training iterations between two stored loss / lr points"
     )

@@ -9,6 +9,7 @@ restart Redis use a private redis-server so nothing else is disturbed.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from api.db.models import Job
 from api.db.types import utcnow
 from api.embedded import settings_env, wait_ready
 from api.main import create_app
+from pgd_core.synthetic import make_coco_shapes
 
 MACHINE_REDIS = "redis://127.0.0.1:6379/10"
 
@@ -317,3 +319,64 @@ def test_cancel_fallback_revokes_a_task_that_does_not_stop(machine_redis: str, t
         assert (job.state, job.cancel_requested) == ("cancelled", False)
         assert worker.poll() is None  # only the task's process was terminated
         assert "Terminating" in s.worker_log() or "SIGKILL" in s.worker_log()
+
+
+def test_pgd_up_starts_api_and_worker_and_stops_both(tmp_path: Path):
+    """The embedded default as a user starts it: one command, SQLite files, a token."""
+    port = free_port()
+    env = {
+        **settings_env_for_up(tmp_path),
+        "PGD_HEARTBEAT_INTERVAL_S": "0.3",
+    }
+    token_file = tmp_path / "token"
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "up",
+            "--port",
+            str(port),
+            "--token-file",
+            str(token_file),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, timeout=120)
+        token = token_file.read_text().strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=10) as http:
+            assert http.get("/readyz").json() == {"status": "ok"}
+            job_id = post(http, headers, tiny_spec().model_dump(mode="json"))
+            deadline = time.monotonic() + 240
+            while http.get(f"/jobs/{job_id}").json()["state"] != "succeeded":
+                assert time.monotonic() < deadline, http.get(f"/jobs/{job_id}").json()
+                time.sleep(0.5)
+            page = http.get("/results").json()
+            assert [row["job_id"] for row in page["items"]] == [job_id]
+    finally:
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=60)
+    assert f"pgd API:      {url}" in output and f"admin token:  {token}" in output
+    worker_pid = int(re.search(r"worker:\s+pid (\d+)", output).group(1))
+    assert not Path(f"/proc/{worker_pid}").exists()  # stopped with the API
+
+
+def settings_env_for_up(root: Path) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGD_")}
+    make_coco_shapes(root / "data", "shapes", num_train=8, num_val=4)
+    env.update(
+        PGD_DATABASE_URL=f"sqlite:///{root / 'pgd.db'}",
+        PGD_BROKER_URL=f"sqla+sqlite:///{root / 'broker.db'}",
+        PGD_DATA_ROOT=str(root / "data"),
+        PGD_WORK_ROOT=str(root / "work"),
+        PGD_WEIGHTS_ROOT=str(root / "weights"),
+    )
+    return env

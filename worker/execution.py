@@ -287,7 +287,13 @@ def execute(
             resumed_from,
             dropped,
         )
-    reporter = Reporter(session_factory, job_id, attempt, heartbeat_s=settings.heartbeat_interval_s)
+    reporter = Reporter(
+        session_factory,
+        job_id,
+        attempt,
+        heartbeat_s=settings.heartbeat_interval_s,
+        poll_s=settings.cancel_poll_s,
+    )
     reporter.start()
     outcome: Outcome
     try:

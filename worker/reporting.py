@@ -79,7 +79,7 @@ class Reporter:
         attempt: int,
         *,
         heartbeat_s: float,
-        poll_s: float = 1.0,
+        poll_s: float = 0.5,
     ) -> None:
         self.session_factory = session_factory
         self.job_id = job_id

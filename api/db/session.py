@@ -18,6 +18,11 @@ from api.settings import get_settings
 # running several API processes.
 POOL_SIZE = 20
 MAX_OVERFLOW = 20
+# psycopg 3 prepares a statement on the server once a connection has executed its
+# text this many times, then skips parsing (and, with a generic plan, planning):
+# the leaderboard query takes longer to plan than to run. Every query's values are
+# bound parameters, so a route sends the same text on each request.
+PREPARE_THRESHOLD = 1
 
 
 def _configure_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
@@ -33,10 +38,16 @@ def _configure_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for ``url``; SQLite connections get foreign keys and WAL; server
-    databases a pool sized for one API process (see POOL_SIZE)."""
+    databases a pool sized for one API process (see POOL_SIZE); psycopg
+    connections prepare statements early (see PREPARE_THRESHOLD)."""
     if not url.startswith("sqlite") and "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", POOL_SIZE)
         kwargs.setdefault("max_overflow", MAX_OVERFLOW)
+    if url.startswith("postgresql+psycopg:") or url.startswith("postgresql+psycopg_async:"):
+        kwargs["connect_args"] = {
+            "prepare_threshold": PREPARE_THRESHOLD,
+            **kwargs.get("connect_args", {}),
+        }
     engine = create_engine(url, pool_pre_ping=True, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _configure_sqlite)

@@ -33,12 +33,11 @@ def rejected(exc: service.SpecRejected) -> JSONResponse:
 )
 def create_job(
     spec: JobCreate,
-    response: Response,
     idempotency_key: str | None = Header(None, max_length=128),
     token: ApiToken = Depends(current_token),
     db_session: Session = Depends(get_db),
     settings: Settings = Depends(get_app_settings),
-) -> Job | JSONResponse:
+) -> Response:
     """Queue a run; the same Idempotency-Key and spec return the same job.
 
     The dataset must be registered on the server with both splits; ``teacher_ref``
@@ -57,10 +56,14 @@ def create_job(
         raise HTTPException(409, str(exc)) from None
     except service.SpecRejected as exc:
         return rejected(exc)
-    response.headers["Location"] = f"/jobs/{job.id}"
-    if not created:
-        response.status_code = 200
-    return job
+    # Serialised here, once: returning the row would have FastAPI validate it against
+    # response_model, then validate and serialise that again.
+    return Response(
+        JobRead.model_validate(job).model_dump_json(),
+        status_code=202 if created else 200,
+        headers={"Location": f"/jobs/{job.id}"},
+        media_type="application/json",
+    )
 
 
 @router.get("", response_model=JobPage)

@@ -7,6 +7,7 @@ import binascii
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from pydantic import ValidationError
@@ -47,6 +48,45 @@ class SpecRejected(ValueError):
         super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
 
 
+#: (data root, name) -> (the manifest's (mtime_ns, size), the answer of dataset_info)
+_DATASET_CACHE: dict[tuple[Path, str], tuple[tuple[int, int], DatasetInfo | str]] = {}
+_DATASET_CACHE_MAX = 256
+
+
+def dataset_info(data_root: Path, name: str) -> DatasetInfo | str:
+    """The registered dataset ``name``, or why it cannot be used (no server paths in it).
+
+    Cached per process while the manifest keeps its mtime and size: reading and
+    validating it (and checking its split files) on every POST cost more than the
+    rest of the validation. A rewritten manifest is read again; a split file
+    removed behind an unchanged manifest is only noticed by the worker.
+    """
+    manifest = data_root / name / MANIFEST_NAME
+    try:
+        stat = manifest.stat()
+    except (OSError, ValueError):
+        stat = None
+    if stat is None or not S_ISREG(stat.st_mode):
+        return f"no dataset '{name}' is registered on this server"
+    key, version = (data_root, name), (stat.st_mtime_ns, stat.st_size)
+    cached = _DATASET_CACHE.get(key)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    answer: DatasetInfo | str
+    try:
+        answer = load_dataset_info(data_root, name)
+    except DatasetError as exc:
+        log.warning("dataset %s is registered but unusable: %s", name, exc)
+        answer = (
+            f"dataset '{name}' is registered but unusable "
+            "(its manifest or files are invalid; see the server log)"
+        )
+    if len(_DATASET_CACHE) >= _DATASET_CACHE_MAX:
+        _DATASET_CACHE.clear()
+    _DATASET_CACHE[key] = (version, answer)
+    return answer
+
+
 @dataclass
 class RefChecker:
     """Checks a spec's dataset, ``teacher_ref`` and ``checkpoint_ref`` against this server.
@@ -82,17 +122,7 @@ class RefChecker:
     def _dataset(self, name: str) -> DatasetInfo | str:
         """The registered dataset, or why it cannot be used (no server paths in it)."""
         if name not in self._datasets:
-            if not (self.data_root / name / MANIFEST_NAME).is_file():
-                self._datasets[name] = f"no dataset '{name}' is registered on this server"
-            else:
-                try:
-                    self._datasets[name] = load_dataset_info(self.data_root, name)
-                except DatasetError as exc:
-                    log.warning("dataset %s is registered but unusable: %s", name, exc)
-                    self._datasets[name] = (
-                        f"dataset '{name}' is registered but unusable "
-                        "(its manifest or files are invalid; see the server log)"
-                    )
+            self._datasets[name] = dataset_info(self.data_root, name)
         return self._datasets[name]
 
     def _dataset_errors(self, spec: RunSpec) -> list[dict[str, str]]:
@@ -193,16 +223,18 @@ def new_job(
     max_attempts: int,
     sweep_id: str | None = None,
     teacher_job_id: str | None = None,
+    spec_hash: str | None = None,
 ) -> Job:
     """A queued job row for ``spec``, marked for sending (not added to a session: the
-    caller owns the transaction and sends it with enqueue.send_job after the commit)."""
+    caller owns the transaction and sends it with enqueue.send_job after the commit).
+    ``spec_hash``: ``spec.spec_hash()`` when the caller has already computed it."""
     job = Job(
         kind=spec.kind,
         detector=spec.detector,
         dataset=spec.dataset.name,
         method=spec.method,
         spec=spec.model_dump(mode="json"),
-        spec_hash=spec.spec_hash(),
+        spec_hash=spec_hash if spec_hash is not None else spec.spec_hash(),
         owner=owner,
         max_attempts=max_attempts,
         sweep_id=sweep_id,
@@ -223,28 +255,35 @@ def create(
     """Store a queued job, then send it; returns (job, created).
 
     A replayed key returns the first job and sends nothing. The spec's dataset
-    and references are checked first (SpecRejected); the row is committed before
-    its message is sent, and a broker that is down leaves it to the re-sender.
+    and references are checked first (SpecRejected, unless the key was used
+    before); the row is committed before its message is sent, and a broker that
+    is down leaves it to the re-sender.
     """
     spec_hash = spec.spec_hash()
-    if idempotency_key is not None:
-        existing = _by_key(db_session, owner, idempotency_key)
-        if existing is not None:
-            return _replay(existing, spec_hash), False
     checker = RefChecker(db_session, settings.data_root, settings.weights_root)
-    teacher_job_id = checker.check(spec)
+    try:
+        teacher_job_id = checker.check(spec)
+    except SpecRejected:
+        # A replay returns the first job even if its references have changed since.
+        existing = _by_key(db_session, owner, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return _replay(existing, spec_hash), False
     job = new_job(
         spec=spec,
         owner=owner,
         max_attempts=settings.max_attempts,
         teacher_job_id=teacher_job_id,
+        spec_hash=spec_hash,
     )
     job.idempotency_key = idempotency_key
     db_session.add(job)
     try:
         db_session.commit()
     except IntegrityError:
-        # Two requests with one key raced; the unique (owner, key) index let one win.
+        # The key was used before (or two requests with one key raced): the unique
+        # (owner, key) index let the first win. Inserting first spares every new
+        # job a lookup; a replay pays for the failed INSERT instead.
         db_session.rollback()
         existing = _by_key(db_session, owner, idempotency_key) if idempotency_key else None
         if existing is None:
