@@ -128,7 +128,7 @@ def current_token(
     if credentials is None:
         raise _unauthorized("a bearer token is required")
     token_hash = hash_token(credentials.credentials)
-    key = (db_session.get_bind().url, token_hash)
+    key = (db_session.get_bind().engine.url, token_hash)
     row = _from_cache(key)
     if row is not None:
         if _touch(db_session, row):

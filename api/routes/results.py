@@ -97,6 +97,11 @@ def list_results(
     rows, next_offset = service.list_page(
         db_session=db_session, filters=filters, sort=sort, limit=limit, offset=offset
     )
+    # Ends the read-only transaction with COMMIT, not the ROLLBACK of closing the
+    # session: psycopg 3 drops every prepared statement of a connection on ROLLBACK,
+    # and the page query is prepared (api.db.session.PREPARE_THRESHOLD) because it
+    # takes longer to plan than to run.
+    db_session.commit()
     page = ResultPage.model_validate(
         {"items": rows, "limit": limit, "offset": offset, "next_offset": next_offset}
     )
