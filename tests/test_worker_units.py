@@ -254,3 +254,14 @@ def test_the_api_process_runs_the_reaper(s: Stack):
             time.sleep(0.1)
     app.state.engine.dispose()
     assert (s.job(job_id).state, s.job(job_id).attempt) == ("queued", 1)
+
+
+def test_a_stored_spec_that_no_longer_validates_fails_instead_of_looping(s: Stack):
+    job_id = add_job(s)
+    with s.sessions() as session:
+        session.execute(sa.update(Job).where(Job.id == job_id).values(spec={"kind": "train"}))
+        session.commit()
+    assert execute(job_id, 0, s.settings, worker="w", session_factory=s.sessions) == "failed"
+    job = s.job(job_id)
+    assert (job.state, job.reason) == ("failed", "invalid_spec")
+    assert "detector" in job.message and "dataset" in job.message

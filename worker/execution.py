@@ -272,7 +272,11 @@ def execute(
         return "dropped"
     from pgd_core.spec import RunSpec
 
-    spec = RunSpec.model_validate(job.spec)
+    try:
+        spec = RunSpec.model_validate(job.spec)
+    except ValueError as exc:  # a stored spec this version cannot read: fail, do not loop
+        finish(session_factory, settings, job, attempt, Outcome("failed", "invalid_spec", str(exc)))
+        return "failed"
     if spec.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything initialises CUDA
     work_dir = job_dir(settings, job_id)

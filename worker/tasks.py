@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 import pgd_core.runner  # noqa: F401 - imported once in the parent, shared by every forked child
 from api.services.enqueue import TASK_NAME
 from worker.app import celery_app
+from worker.execution import execute
 
 RETRY_DELAY_S = 10
 RETRY_LIMIT = 60
@@ -24,8 +25,6 @@ RETRY_LIMIT = 60
 @celery_app.task(name=TASK_NAME, bind=True)
 def run_job(self, job_id: str, attempt: int) -> str:  # noqa: ANN001 - Celery's bound task
     """Claim the job's ``attempt`` and run it; a stale or duplicate message is dropped."""
-    from worker.execution import execute
-
     worker = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}"
     try:
         return execute(job_id, attempt, celery_app.conf.pgd_settings, worker=worker)
