@@ -48,10 +48,16 @@ def _post(client: httpx.Client, spec: dict[str, Any], label: str) -> str:
     return job["id"]
 
 
-def _wait(client: httpx.Client, jobs: dict[str, str], until: list[str], timeout: float) -> None:
-    """Print each job's state and progress while waiting for the ``until`` jobs."""
+def _wait(
+    client: httpx.Client,
+    jobs: dict[str, str],
+    until: list[str],
+    timeout: float,
+    seen: dict[str, tuple[str, int]],
+) -> None:
+    """Print each job's state and progress (when it changed since ``seen``) while
+    waiting for the ``until`` jobs."""
     deadline = time.monotonic() + timeout
-    seen: dict[str, tuple[str, int]] = {}
     while True:
         done = True
         for label, job_id in jobs.items():
@@ -147,12 +153,13 @@ def run(args: argparse.Namespace) -> int:
                     "student baseline (R-18)",
                 ),
             }
-            _wait(client, jobs, [jobs["teacher (R-34)"]], args.timeout)
+            seen: dict[str, tuple[str, int]] = {}
+            _wait(client, jobs, [jobs["teacher (R-34)"]], args.timeout, seen)
             pgd = _spec(
                 client, "tiny-fcos-pgd", args.student_iters, teacher_ref=jobs["teacher (R-34)"]
             )
             jobs["PGD student (R-18)"] = _post(client, pgd, "PGD student (R-18)")
-            _wait(client, jobs, list(jobs.values()), args.timeout)
+            _wait(client, jobs, list(jobs.values()), args.timeout, seen)
             print("4/4 leaderboard (GET /results?dataset=shapes, AP in percent)\n", flush=True)
             page = client.get("/results", params={"dataset": "shapes", "sort": "-ap"}).json()
             labels = {job_id: label for label, job_id in jobs.items()}
