@@ -74,54 +74,46 @@ def assert_succeeded_once(s: Stack, job_id: str, max_iters: int) -> None:
 # -- end to end ----------------------------------------------------------------
 
 
-def test_distill_job_end_to_end_on_postgresql_and_redis(machine_redis: str, tmp_path: Path):
+def distill_end_to_end(s: Stack, owner: str) -> None:
     """Teacher, no-KD baseline and PGD student through the API and a real worker;
     the leaderboard row of the PGD student carries both references and the deltas."""
-    with stack("postgresql", machine_redis, tmp_path) as s:
-        app = create_app(s.settings)
-        headers = bearer(app, "alice")
-        s.start_worker()
-        with TestClient(app) as http:
-            teacher = post(http, headers, tiny_spec("tiny-fcos-teacher").model_dump(mode="json"))
-            baseline = post(http, headers, tiny_spec().model_dump(mode="json"))
-            s.wait(teacher, finished)
-            distill = tiny_spec("tiny-fcos-pgd").model_dump(mode="json")
-            distill["teacher_ref"] = teacher
-            student = post(http, headers, distill)
-            for job_id in (teacher, baseline, student):
-                s.wait(job_id, finished)
-                assert_succeeded_once(s, job_id, 8)
-            assert s.job(student).teacher_job_id == teacher
-            page = http.get("/results", params={"method": "pgd"}, headers=headers).json()
-            (row,) = [r for r in page["items"] if r["job_id"] == student]
-            mine, base, teach = (s.results(j)[0] for j in (student, baseline, teacher))
-            assert (row["teacher_job_id"], row["baseline_job_id"]) == (teacher, baseline)
-            assert (row["ap"], row["baseline_ap"], row["teacher_ap"]) == (
-                mine.ap,
-                base.ap,
-                teach.ap,
-            )
-            assert row["delta_ap_vs_baseline"] == pytest.approx(mine.ap - base.ap, abs=1e-9)
-            assert row["delta_ap_vs_teacher"] == pytest.approx(mine.ap - teach.ap, abs=1e-9)
-            events = http.get(f"/jobs/{student}/metrics", headers=headers).json()
-            assert "loss_pgd_cls" in repr(events)
-            log = http.get(f"/jobs/{student}/logs", params={"tail": 5}, headers=headers)
-            assert log.status_code == 200 and len(log.text.splitlines()) == 5
-
-
-def test_embedded_default_sqlite_and_sqlalchemy_broker(tmp_path: Path):
-    """The same path with nothing installed: SQLite and kombu's SQLAlchemy transport."""
-    broker = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
-    with stack("sqlite", broker, tmp_path) as s:
-        app = create_app(s.settings)
-        headers = bearer(app, "bob")
-        s.start_worker()
-        with TestClient(app) as http:
-            job_id = post(http, headers, tiny_spec().model_dump(mode="json"))
+    app = create_app(s.settings)
+    headers = bearer(app, owner)
+    s.start_worker()
+    with TestClient(app) as http:
+        teacher = post(http, headers, tiny_spec("tiny-fcos-teacher").model_dump(mode="json"))
+        baseline = post(http, headers, tiny_spec().model_dump(mode="json"))
+        s.wait(teacher, finished)
+        distill = tiny_spec("tiny-fcos-pgd").model_dump(mode="json")
+        distill["teacher_ref"] = teacher
+        student = post(http, headers, distill)
+        for job_id in (teacher, baseline, student):
             s.wait(job_id, finished)
             assert_succeeded_once(s, job_id, 8)
-            body = http.get("/results", headers=headers).json()
-            assert job_id in repr(body)
+        assert s.job(student).teacher_job_id == teacher
+        page = http.get("/results", params={"method": "pgd"}, headers=headers).json()
+        (row,) = [r for r in page["items"] if r["job_id"] == student]
+        mine, base, teach = (s.results(j)[0] for j in (student, baseline, teacher))
+        assert (row["teacher_job_id"], row["baseline_job_id"]) == (teacher, baseline)
+        assert (row["ap"], row["baseline_ap"], row["teacher_ap"]) == (mine.ap, base.ap, teach.ap)
+        assert row["delta_ap_vs_baseline"] == pytest.approx(mine.ap - base.ap, abs=1e-9)
+        assert row["delta_ap_vs_teacher"] == pytest.approx(mine.ap - teach.ap, abs=1e-9)
+        series = http.get(f"/jobs/{student}/metrics", headers=headers).json()
+        assert "loss_pgd_cls" in repr(series)
+        log = http.get(f"/jobs/{student}/logs", params={"tail": 5}, headers=headers)
+        assert log.status_code == 200 and len(log.text.splitlines()) == 5
+
+
+def test_distill_job_end_to_end_on_postgresql_and_redis(machine_redis: str, tmp_path: Path):
+    with stack("postgresql", machine_redis, tmp_path) as s:
+        distill_end_to_end(s, "alice")
+
+
+def test_distill_job_end_to_end_on_the_embedded_default(tmp_path: Path):
+    """The same with nothing installed: SQLite and kombu's SQLAlchemy transport."""
+    broker = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+    with stack("sqlite", broker, tmp_path) as s:
+        distill_end_to_end(s, "bob")
 
 
 # -- faults --------------------------------------------------------------------
