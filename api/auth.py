@@ -76,6 +76,24 @@ def create_token(*, db_session: Session, owner: str, is_admin: bool = False) -> 
     return token
 
 
+def store_token(database_url: str, *, owner: str, is_admin: bool = False) -> str:
+    """Create and commit a token in the database at ``database_url`` (CLI, ``pgd up``).
+
+    Raises:
+        SQLAlchemyError: the database is unreachable or not migrated.
+    """
+    from api.db.session import make_engine, make_session_factory
+
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            token = create_token(db_session=session, owner=owner, is_admin=is_admin)
+            session.commit()
+    finally:
+        engine.dispose()
+    return token
+
+
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 

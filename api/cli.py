@@ -27,20 +27,18 @@ def _token_parser() -> argparse.ArgumentParser:
 
 
 def _token_create(owner: str, is_admin: bool) -> int:
-    from api.auth import create_token
-    from api.db.session import make_engine, make_session_factory
+    from sqlalchemy.engine import make_url
+
+    from api.auth import store_token
 
     try:
         settings = Settings()
     except ValueError as exc:
         print(f"error: invalid settings: {exc}", file=sys.stderr)
         return 2
-    engine = make_engine(settings.database_url)
-    where = engine.url.render_as_string(hide_password=True)
+    where = make_url(settings.database_url).render_as_string(hide_password=True)
     try:
-        with make_session_factory(engine)() as session:
-            token = create_token(db_session=session, owner=owner, is_admin=is_admin)
-            session.commit()
+        token = store_token(settings.database_url, owner=owner, is_admin=is_admin)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         print(
@@ -49,8 +47,6 @@ def _token_create(owner: str, is_admin: bool) -> int:
             file=sys.stderr,
         )
         return 2
-    finally:
-        engine.dispose()
     # Only the token on stdout, so that `TOKEN=$(pgd token create)` works.
     print(token)
     return 0

@@ -9,7 +9,6 @@ tiny PGD student from that teacher, and prints the leaderboard.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from api.embedded import REPO_ROOT, wait_ready
+from api.embedded import REPO_ROOT, home_env, wait_ready
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -103,16 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if home.exists() and not args.keep:
         shutil.rmtree(home)
     home.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.update(
-        PGD_DATABASE_URL=f"sqlite:///{home / 'pgd.db'}",
-        PGD_BROKER_URL=f"sqla+sqlite:///{home / 'broker.db'}",
-        PGD_DATA_ROOT=str(home / "data"),
-        PGD_WORK_ROOT=str(home / "work"),
-        PGD_WEIGHTS_ROOT=str(home / "weights"),
-        PGD_HEARTBEAT_INTERVAL_S="1",
-        PGD_MAINTENANCE_INTERVAL_S="5",
-    )
+    env = home_env(home)
+    env.update(PGD_HEARTBEAT_INTERVAL_S="1", PGD_MAINTENANCE_INTERVAL_S="5")
     from pgd_core.synthetic import make_coco_shapes
 
     print(f"1/4 synthetic data set 'shapes' in {home / 'data'}", flush=True)

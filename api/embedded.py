@@ -43,6 +43,20 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def home_env(home: Path) -> dict[str, str]:
+    """This process's environment without its ``PGD_*`` settings, plus an embedded
+    stack kept under ``home`` (SQLite database and broker, data, work, weights)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGD_")}
+    env.update(
+        PGD_DATABASE_URL=f"sqlite:///{home / 'pgd.db'}",
+        PGD_BROKER_URL=f"sqla+sqlite:///{home / 'broker.db'}",
+        PGD_DATA_ROOT=str(home / "data"),
+        PGD_WORK_ROOT=str(home / "work"),
+        PGD_WEIGHTS_ROOT=str(home / "weights"),
+    )
+    return env
+
+
 def worker_command(queues: str, concurrency: int, name: str) -> list[str]:
     return [
         sys.executable,
@@ -96,20 +110,6 @@ def stop_worker(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None
         pass
 
 
-def create_admin_token(settings: Settings) -> str:
-    from api.auth import create_token
-    from api.db.session import make_engine, make_session_factory
-
-    engine = make_engine(settings.database_url)
-    try:
-        with make_session_factory(engine)() as session:
-            token = create_token(db_session=session, owner="admin", is_admin=True)
-            session.commit()
-    finally:
-        engine.dispose()
-    return token
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pgd up",
@@ -133,7 +133,9 @@ def up(argv: list[str]) -> int:
     for folder in (settings.data_root, settings.work_root, settings.weights_root):
         folder.mkdir(parents=True, exist_ok=True)
     migrate(settings.database_url)
-    token = create_admin_token(settings)
+    from api.auth import store_token
+
+    token = store_token(settings.database_url, owner="admin", is_admin=True)
     if args.token_file:
         args.token_file.write_text(token + "\n")
         args.token_file.chmod(0o600)

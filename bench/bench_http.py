@@ -30,14 +30,14 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import redis
-import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import baseline_app  # noqa: E402
-from bench_leaderboard import PG_SERVER, populate, throwaway_schema  # noqa: E402
+from bench_leaderboard import populate  # noqa: E402
+from bench_support import throwaway_schema  # noqa: E402
 
 from api.auth import create_token  # noqa: E402
 from api.db.session import make_engine, make_session_factory  # noqa: E402
@@ -84,21 +84,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@contextmanager
-def schema_url(prefix: str) -> Iterator[str]:
-    """A bare throwaway schema (no migrations): its URL; dropped afterwards."""
-    admin = make_engine(PG_SERVER)
-    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_SERVER}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @contextmanager
@@ -213,7 +198,7 @@ def main() -> None:
         data_root = tmp / "data"
         make_coco_shapes(data_root, "shapes", num_train=2, num_val=1, max_objects=2)
 
-        real_url = stack.enter_context(throwaway_schema())
+        real_url = stack.enter_context(throwaway_schema("pgd_bench"))
         engine = make_engine(real_url)
         populate(engine, args.results)
         with make_session_factory(engine)() as session:
@@ -222,7 +207,7 @@ def main() -> None:
         engine.dispose()
         auth = {"Authorization": f"Bearer {token}"}
 
-        base_url = stack.enter_context(schema_url("pgd_bench_baseline"))
+        base_url = stack.enter_context(throwaway_schema("pgd_bench_baseline", migrated=False))
         base_engine = baseline_app.make_engine(base_url)
         baseline_app.create_table(base_engine)
         baseline_app.populate(base_engine, args.results)

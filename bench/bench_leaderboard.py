@@ -22,23 +22,21 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_support import throwaway_schema  # noqa: E402
 
 from api.db.models import EvalResult, Job  # noqa: E402
 from api.db.session import make_engine  # noqa: E402
 from api.services import results as service  # noqa: E402
 
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DATASETS = ("coco", "crowdhuman", "voc", "cityscapes")
 DETECTORS = ("fcos", "atss", "gfl", "ddod")
 DISTILL_METHODS = ("pgd", "pgd_no_gaussian", "pgd_cls_only", "fgd_box", "feature_mse", "none")
@@ -181,26 +179,6 @@ def generate(n: int, seed: int = 0) -> Iterator[tuple[dict[str, Any], dict[str, 
         yield job, result
 
 
-@contextmanager
-def throwaway_schema() -> Iterator[str]:
-    """A new PostgreSQL schema, migrated to head; its URL; dropped afterwards."""
-    admin = make_engine(PG_SERVER)
-    schema = f"pgd_bench_{uuid.uuid4().hex[:12]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{PG_SERVER}?options=-csearch_path%3D{schema}"
-    try:
-        config = Config(str(ROOT / "alembic.ini"))
-        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-        config.attributes["configure_logger"] = False
-        command.upgrade(config, "head")
-        yield url
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 def populate(engine: sa.Engine, n: int) -> dict[str, int]:
     """Insert ``n`` jobs with their results in batches; ANALYZE; counts per kind."""
     counts: dict[str, int] = {}
@@ -269,7 +247,7 @@ def main() -> None:
     from api.main import create_app
     from api.settings import Settings
 
-    with throwaway_schema() as url:
+    with throwaway_schema("pgd_bench") as url:
         engine = make_engine(url)
         started = time.perf_counter()
         counts = populate(engine, args.results)

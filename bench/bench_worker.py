@@ -52,7 +52,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from bench_support import flushed_redis, throwaway_schema  # noqa: E402
+
 REDIS_URL = "redis://127.0.0.1:6379/13"
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -70,40 +70,6 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-@contextlib.contextmanager
-def pg_schema() -> Iterator[str]:
-    """A throwaway schema in the ``test`` database (search_path URL), dropped afterwards."""
-    import sqlalchemy as sa
-
-    from api.db.session import make_engine
-
-    admin = make_engine(PG_SERVER)
-    schema = f"pgd_wbench_{uuid.uuid4().hex[:12]}"  # own prefix: never another bench's
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_SERVER}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-        log(f"dropped schema {schema}")
-
-
-@contextlib.contextmanager
-def flushed_redis(url: str) -> Iterator[None]:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
-        yield
-    finally:
-        client.flushdb()
-        client.close()
-        log(f"flushed {url}")
 
 
 def tiny_spec(**schedule: Any) -> dict[str, Any]:
@@ -245,7 +211,7 @@ def latency_one(broker: str, jobs: int, gap_s: float, keep: bool) -> dict[str, A
         with contextlib.ExitStack() as stack:
             if broker == "redis":
                 stack.enter_context(flushed_redis(REDIS_URL))
-                database_url = stack.enter_context(pg_schema())
+                database_url = stack.enter_context(throwaway_schema("pgd_wbench", migrated=False))
                 broker_url = REDIS_URL
             else:
                 database_url = f"sqlite:///{tmp / 'pgd.db'}"
@@ -366,7 +332,7 @@ def cmd_throughput(args: argparse.Namespace) -> dict[str, Any]:
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(flushed_redis(REDIS_URL))
-            database_url = stack.enter_context(pg_schema())
+            database_url = stack.enter_context(throwaway_schema("pgd_wbench", migrated=False))
             settings = make_settings(tmp, database_url, REDIS_URL)
             prepare(settings)
             workers = Workers(settings, tmp, count=args.workers, concurrency=args.concurrency)
@@ -514,11 +480,9 @@ def cmd_overhead(args: argparse.Namespace) -> dict[str, Any]:
     per_iter_median: dict[str, list[float]] = {name: [] for name in configs}
     points: dict[str, list[int]] = {name: [] for name in configs}
     try:
-        with pg_schema() as database_url:
-            from api.embedded import migrate
+        with throwaway_schema("pgd_wbench") as database_url:
             from pgd_core.synthetic import make_coco_shapes
 
-            migrate(database_url)
             data_root = tmp / "data"
             make_coco_shapes(data_root, "shapes")
             engine = make_engine(database_url)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -44,6 +45,23 @@ def database_url_for(backend: str, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'pgd.db'}"
     else:
         yield from pg_schema_url()
+
+
+def flushed_redis(url: str) -> Iterator[redis.Redis]:
+    """A client of the Redis database at ``url``, emptied before and after; skips the
+    test when that Redis is unreachable."""
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        client.close()
+        pytest.skip(f"Redis unreachable at {url}: {exc}")
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
 
 
 def alembic_config(url: str) -> Config:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 import sqlalchemy as sa
-from db_helpers import bearer, migrated_app
+from db_helpers import bearer, flushed_redis, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -30,15 +30,7 @@ BROKER_DOWN = "redis://127.0.0.1:1/0"  # nothing listens on port 1: refused at o
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(BROKER)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.skip(f"Redis unreachable at {BROKER}: {exc}")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    yield from flushed_redis(BROKER)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

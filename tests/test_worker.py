@@ -19,15 +19,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import sqlalchemy as sa
-from db_helpers import bearer
+from db_helpers import bearer, flushed_redis
 from fastapi.testclient import TestClient
 from worker_helpers import PrivateRedis, Stack, distinct_steps_ok, free_port, stack, tiny_spec
 
 from api.db.models import Job
 from api.db.types import utcnow
-from api.embedded import settings_env, wait_ready
+from api.embedded import home_env, settings_env, wait_ready
 from api.main import create_app
 from pgd_core.synthetic import make_coco_shapes
 
@@ -36,15 +35,8 @@ MACHINE_REDIS = "redis://127.0.0.1:6379/10"
 
 @pytest.fixture
 def machine_redis() -> Iterator[str]:
-    client = redis.Redis.from_url(MACHINE_REDIS)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.skip(f"Redis unreachable: {exc}")
-    client.flushdb()
-    yield MACHINE_REDIS
-    client.flushdb()
-    client.close()
+    for _ in flushed_redis(MACHINE_REDIS):
+        yield MACHINE_REDIS
 
 
 def post(http: httpx.Client, headers: dict[str, str], spec: dict, **extra: str) -> str:
@@ -319,10 +311,8 @@ def test_cancel_fallback_revokes_a_task_that_does_not_stop(machine_redis: str, t
 def test_pgd_up_starts_api_and_worker_and_stops_both(tmp_path: Path):
     """The embedded default as a user starts it: one command, SQLite files, a token."""
     port = free_port()
-    env = {
-        **settings_env_for_up(tmp_path),
-        "PGD_HEARTBEAT_INTERVAL_S": "0.3",
-    }
+    make_coco_shapes(tmp_path / "data", "shapes", num_train=8, num_val=4)
+    env = {**home_env(tmp_path), "PGD_HEARTBEAT_INTERVAL_S": "0.3"}
     token_file = tmp_path / "token"
     up = subprocess.Popen(
         [
@@ -360,18 +350,3 @@ def test_pgd_up_starts_api_and_worker_and_stops_both(tmp_path: Path):
     assert f"pgd API:      {url}" in output and f"admin token:  {token}" in output
     worker_pid = int(re.search(r"worker:\s+pid (\d+)", output).group(1))
     assert not Path(f"/proc/{worker_pid}").exists()  # stopped with the API
-
-
-def settings_env_for_up(root: Path) -> dict[str, str]:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGD_")}
-    make_coco_shapes(root / "data", "shapes", num_train=8, num_val=4)
-    env.update(
-        PGD_DATABASE_URL=f"sqlite:///{root / 'pgd.db'}",
-        PGD_BROKER_URL=f"sqla+sqlite:///{root / 'broker.db'}",
-        PGD_DATA_ROOT=str(root / "data"),
-        PGD_WORK_ROOT=str(root / "work"),
-        PGD_WEIGHTS_ROOT=str(root / "weights"),
-    )
-    return env

@@ -18,17 +18,15 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import Artifact, EvalResult, Job
+from api.db.models import ACTIVE_STATES, Artifact, EvalResult, Job
 from api.db.session import make_engine, make_session_factory
 from api.db.types import rowcount, utcnow
+from api.services.results import METRICS
 from api.settings import Settings
 from worker.reporting import LostOwnership, Reporter, forget_steps_after
 
 log = logging.getLogger("pgd.worker")
 
-ACTIVE = ("running", "cancelling")
-# Metric names of the evaluators -> the leaderboard's indexed columns.
-RESULT_COLUMNS = ("ap", "ap50", "ap75", "aps", "apm", "apl", "mr", "ji")
 _ITER = re.compile(r"iter_(\d+)\.pth$")
 
 
@@ -195,7 +193,7 @@ def finish(
     with session_factory() as db_session:
         result = db_session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.attempt == attempt, Job.state.in_(ACTIVE))
+            .where(Job.id == job.id, Job.attempt == attempt, Job.state.in_(ACTIVE_STATES))
             .values(**values)
             .execution_options(synchronize_session=False)
         )
@@ -212,7 +210,7 @@ def finish(
                     detector=job.detector,
                     method=job.method,
                     metrics=outcome.metrics,
-                    **{column: _column(lowered.get(column)) for column in RESULT_COLUMNS},
+                    **{column: _column(lowered.get(column)) for column in METRICS},
                 )
             )
         names = [name for name, _, _ in outcome.artifacts]

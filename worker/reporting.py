@@ -17,13 +17,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import Job, MetricPoint
+from api.db.models import ACTIVE_STATES, Job, MetricPoint
 from api.db.types import rowcount, utcnow
 from pgd_core.runner import RunCallbacks
 
 log = logging.getLogger("pgd.worker")
-
-ACTIVE = ("running", "cancelling")
 
 
 class LostOwnership(RuntimeError):
@@ -149,7 +147,7 @@ class Reporter:
                 log.warning("job %s: database write failed, will retry: %s", self.job_id, exc)
 
     def _guard(self) -> tuple[Any, ...]:
-        return (Job.id == self.job_id, Job.attempt == self.attempt, Job.state.in_(ACTIVE))
+        return (Job.id == self.job_id, Job.attempt == self.attempt, Job.state.in_(ACTIVE_STATES))
 
     def _poll_cancel(self) -> None:
         with self.session_factory() as db_session:

@@ -38,6 +38,8 @@ JOB_STATES: tuple[str, ...] = (
     "cancelled",
 )
 JOB_KINDS: tuple[str, ...] = ("train", "distill", "evaluate")
+# States in which a worker holds the job (and writes its heartbeat).
+ACTIVE_STATES: tuple[str, ...] = ("running", "cancelling")
 
 # Deterministic constraint names: Alembic can only drop or alter (and SQLite's
 # batch mode can only rebuild) constraints that have names.

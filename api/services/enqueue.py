@@ -27,7 +27,7 @@ from celery import Celery
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import Job
+from api.db.models import ACTIVE_STATES, Job
 from api.db.types import rowcount, utcnow
 from api.settings import Settings
 
@@ -35,7 +35,6 @@ log = logging.getLogger("pgd.enqueue")
 
 TASK_NAME = "pgd.run_job"
 QUEUES = ("gpu", "cpu")
-ACTIVE = ("running", "cancelling")
 
 
 def queue_for(spec: dict[str, Any]) -> str:
@@ -164,7 +163,7 @@ def reap(db_session: Session, settings: Settings) -> MaintenanceReport:
     stale = now - timedelta(seconds=settings.heartbeat_timeout_s)
     rows = db_session.execute(
         select(Job.id, Job.state, Job.attempt, Job.lost_count, Job.max_attempts).where(
-            Job.state.in_(ACTIVE),
+            Job.state.in_(ACTIVE_STATES),
             or_(Job.heartbeat_at < stale, and_(Job.heartbeat_at.is_(None), Job.updated_at < stale)),
         )
     ).all()
@@ -256,14 +255,8 @@ def revoke_stuck_cancels(
 
 def maintain(session_factory: sessionmaker[Session], settings: Settings) -> MaintenanceReport:
     """One pass: reap stale jobs, resend unsent ones, revoke stuck cancels."""
-    report = MaintenanceReport()
     with session_factory() as db_session:
-        reaped = reap(db_session, settings)
-        report.requeued, report.lost, report.cancelled = (
-            reaped.requeued,
-            reaped.lost,
-            reaped.cancelled,
-        )
+        report = reap(db_session, settings)
         resend_unsent(db_session, settings, report)
         revoke_stuck_cancels(db_session, settings, report)
     return report
