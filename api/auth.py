@@ -20,17 +20,17 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import URL, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
+from api import runtime
+from api.db.aio import AsyncDatabase
 from api.db.models import ApiToken
 from api.db.types import utcnow
-from api.deps import get_db
 
 TOKEN_PREFIX = "pgd_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -53,7 +53,7 @@ class _Cached:
 
 
 #: (database URL, token hash)
-CacheKey: TypeAlias = tuple[URL, str]
+CacheKey: TypeAlias = tuple[str, str]
 _cache: dict[CacheKey, _Cached] = {}
 _cache_lock = threading.Lock()
 
@@ -138,25 +138,38 @@ def _from_cache(key: CacheKey) -> ApiToken | None:
     )
 
 
-def current_token(
-    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
-    db_session: Session = Depends(get_db),
+_TOKENS = cast(Table, ApiToken.__table__)
+_TOKEN_BY_HASH = select(_TOKENS).where(_TOKENS.c.token_hash == bindparam("token_hash"))
+_TOUCH = (
+    update(_TOKENS)
+    .where(
+        _TOKENS.c.id == bindparam("token_id"),
+        or_(_TOKENS.c.last_used_at.is_(None), _TOKENS.c.last_used_at <= bindparam("stale")),
+    )
+    .values(last_used_at=bindparam("now"))
+)
+
+
+async def current_token(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
 ) -> ApiToken:
-    """The caller's token; 401 when it is missing, unknown or revoked."""
+    """The caller's token; 401 when it is missing, unknown or revoked.
+
+    Runs on the event loop: a cached token costs no query and no thread."""
     if credentials is None:
         raise _unauthorized("a bearer token is required")
+    db = runtime.current(request.app).db
     token_hash = hash_token(credentials.credentials)
-    key = (db_session.get_bind().engine.url, token_hash)
+    key = (request.app.state.settings.database_url, token_hash)
     row = _from_cache(key)
-    if row is not None:
-        if _touch(db_session, row):
-            _remember_use(key, row.last_used_at)
-        return row
-    row = db_session.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash))
-    if row is None or row.revoked_at is not None:
-        raise _unauthorized("invalid or revoked token")
-    _touch(db_session, row)
-    _remember(key, row)
+    if row is None:
+        found = await db.fetch_one(_TOKEN_BY_HASH, {"token_hash": token_hash})
+        if found is None or found["revoked_at"] is not None:
+            raise _unauthorized("invalid or revoked token")
+        row = ApiToken(**found)
+        _remember(key, row)
+    if await _touch(db, row):
+        _remember_use(key, row.last_used_at)
     return row
 
 
@@ -168,23 +181,12 @@ def _remember_use(key: CacheKey, last_used_at: datetime | None) -> None:
             _cache[key] = replace(entry, last_used_at=last_used_at)
 
 
-def _touch(db_session: Session, row: ApiToken) -> bool:
+async def _touch(db: AsyncDatabase, row: ApiToken) -> bool:
     """Record the use of ``row`` unless it was recorded less than a minute ago (True
-    when it did)."""
+    when it did). One guarded UPDATE, committed on its own."""
     now = utcnow()
     if row.last_used_at is not None and now - row.last_used_at < LAST_USED_RESOLUTION:
         return False
-    stale = now - LAST_USED_RESOLUTION
-    db_session.execute(
-        update(ApiToken)
-        .where(
-            ApiToken.id == row.id,
-            or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at <= stale),
-        )
-        .values(last_used_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    # Committed now, on its own: the route's transaction may roll back.
-    db_session.commit()
-    set_committed_value(row, "last_used_at", now)
+    await db.execute(_TOUCH, {"token_id": row.id, "stale": now - LAST_USED_RESOLUTION, "now": now})
+    row.last_used_at = now
     return True

@@ -10,8 +10,9 @@ from sqlalchemy.orm import Session
 from api.settings import Settings
 
 
-def get_app_settings(request: Request) -> Settings:
-    """The settings the app was created with."""
+async def get_app_settings(request: Request) -> Settings:
+    """The settings the app was created with (async: a sync dependency would cost a
+    trip to the thread pool)."""
     return request.app.state.settings
 
 

@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import observability as request_metrics
+from api import runtime
 from api.db.session import make_engine, make_session_factory
 from api.problems import install_problem_handlers
 from api.routes import job_data, jobs, meta, observability, results, sweeps
 from api.services.enqueue import MaintenanceThread
+from api.services.results import PageCache
 from api.settings import Settings, get_settings
 
 
@@ -22,6 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The re-sender and the reaper; safe in every API replica (guarded UPDATEs).
+        await runtime.start(app, settings)
         thread = None
         if settings.run_maintenance:
             thread = MaintenanceThread(app.state.session_factory, settings)
@@ -31,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if thread is not None:
                 thread.stop()
+            await runtime.stop(app)
 
     app = FastAPI(
         title="pgd",
@@ -40,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = make_engine(settings.database_url)
     app.state.session_factory = make_session_factory(app.state.engine)
+    app.state.results_cache = PageCache(settings.results_cache_entries)
     install_problem_handlers(app)
     app.include_router(meta.public)
     app.include_router(meta.router)

@@ -60,6 +60,17 @@ class Settings(BaseSettings):
         description="how long a request waits for the broker before leaving the "
         "job to the re-sender",
     )
+    db_timeout_s: PositiveFloat = Field(
+        10.0,
+        description="how long a request waits for a pooled database connection "
+        "(PostgreSQL) before answering 503",
+    )
+    results_cache_entries: int = Field(
+        256,
+        ge=0,
+        description="leaderboard pages kept per API process, keyed by the leaderboard "
+        "version (0: none)",
+    )
     events_poll_s: PositiveFloat = Field(
         1.0, description="how often GET /jobs/{id}/events polls the database for changes"
     )

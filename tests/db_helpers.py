@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -17,7 +19,15 @@ from api.db.session import make_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-TABLES = {"jobs", "sweeps", "metric_points", "eval_results", "artifacts", "api_tokens"}
+TABLES = {
+    "jobs",
+    "sweeps",
+    "metric_points",
+    "eval_results",
+    "artifacts",
+    "api_tokens",
+    "leaderboard_version",
+}
 
 
 def pg_schema_url() -> Iterator[str]:
@@ -118,3 +128,28 @@ def insert_job(app, owner: str, state: str = "queued", **values: object) -> str:
         session.add(job)
         session.commit()
         return job.id
+
+
+@contextmanager
+def sent_statements(app) -> Iterator[list[str]]:
+    """The SQL statements ``app`` sends while active, whitespace collapsed and upper
+    case: through its sync engine and through the async database (api.db.aio) of
+    every running lifespan (use inside ``with TestClient(app)``)."""
+    seen: list[str] = []
+
+    def note(statement: str) -> None:
+        seen.append(" ".join(statement.split()).upper())
+
+    def on_sync(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        note(statement)
+
+    runtimes = list(app.state.runtimes.values())
+    assert runtimes, "no lifespan is running: use inside `with TestClient(app)`"
+    sa.event.listen(app.state.engine, "before_cursor_execute", on_sync)
+    stops = [runtime.db.listen(note) for runtime in runtimes]
+    try:
+        yield seen
+    finally:
+        sa.event.remove(app.state.engine, "before_cursor_execute", on_sync)
+        for stop in stops:
+            stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.auth import create_token
+from api.db.aio import APPLICATION_NAME
 from api.db.models import Job
 from api.main import create_app
 from api.settings import Settings
@@ -283,3 +285,47 @@ def test_cancel(
     body = _is_problem(client.post(f"/jobs/{finished}/cancel", headers=alice), 409)
     assert "succeeded" in body["detail"]
     assert client.get(f"/jobs/{finished}", headers=alice).json()["state"] == "succeeded"
+
+
+def _kill_api_connections(app: FastAPI) -> int:
+    """Terminate the async pool's PostgreSQL connections, as a server restart would;
+    returns how many were killed once they are gone."""
+    # Autocommit: pg_stat_activity is a snapshot per transaction.
+    with app.state.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        pids = (
+            conn.execute(
+                sa.text(
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE application_name = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": APPLICATION_NAME},
+            )
+            .scalars()
+            .all()
+        )
+        for pid in pids:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        deadline = time.monotonic() + 10
+        while conn.execute(
+            sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:pids)"),
+            {"pids": list(pids)},
+        ).scalar():
+            assert time.monotonic() < deadline, "terminated backends did not exit"
+            time.sleep(0.05)
+    return len(pids)
+
+
+def test_requests_survive_lost_database_connections(
+    app: FastAPI, client: httpx.Client, alice: dict[str, str]
+) -> None:
+    if app.state.engine.dialect.name != "postgresql":
+        pytest.skip("the async connection pool is PostgreSQL's")
+    assert client.get("/results", headers=alice).status_code == 200  # the pool is in use
+    assert _kill_api_connections(app) >= 1
+    # The token is cached: the job's INSERT is the first statement on a dead connection.
+    created = client.post("/jobs", json=_spec(), headers=alice)
+    assert created.status_code == 202, created.text
+    with app.state.session_factory() as session:
+        assert session.get(Job, created.json()["id"]) is not None
+    assert _kill_api_connections(app) >= 1
+    assert client.get("/results", headers=alice).status_code == 200

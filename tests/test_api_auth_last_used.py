@@ -6,12 +6,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from db_helpers import bearer, migrated_app
+from db_helpers import bearer, migrated_app, sent_statements
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -55,22 +54,22 @@ def _set_last_used(app: FastAPI, headers: dict[str, str], value: datetime) -> No
 
 
 class _Updates:
-    """Counts the UPDATEs of api_tokens sent on ``engine``."""
+    """Counts the UPDATEs of api_tokens the app sends (db_helpers.sent_statements)."""
 
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
-        self.count = 0
+    def __init__(self, app: FastAPI) -> None:
+        self._watch = sent_statements(app)
+        self._seen: list[str] = []
 
-    def _seen(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("UPDATE API_TOKENS"):
-            self.count += 1
+    @property
+    def count(self) -> int:
+        return sum(s.startswith("UPDATE API_TOKENS") for s in self._seen)
 
     def __enter__(self) -> _Updates:
-        sa.event.listen(self.engine, "before_cursor_execute", self._seen)
+        self._seen = self._watch.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        sa.event.remove(self.engine, "before_cursor_execute", self._seen)
+        self._watch.__exit__(None, None, None)
 
 
 def _use(client: httpx.Client, headers: dict[str, str]) -> None:
@@ -91,7 +90,7 @@ def test_second_use_within_a_minute_writes_nothing(app: FastAPI, client: httpx.C
     headers = bearer(app, f"user-{uuid.uuid4().hex[:8]}")
     _use(client, headers)
     first = _last_used(app, headers)
-    with _Updates(app.state.engine) as updates:
+    with _Updates(app) as updates:
         _use(client, headers)
         _use(client, headers)
     assert updates.count == 0
@@ -102,7 +101,7 @@ def test_use_after_a_minute_rewrites_it(app: FastAPI, client: httpx.Client) -> N
     headers = bearer(app, f"user-{uuid.uuid4().hex[:8]}")
     old = datetime.now(UTC) - timedelta(minutes=2)
     _set_last_used(app, headers, old)
-    with _Updates(app.state.engine) as updates:
+    with _Updates(app) as updates:
         _use(client, headers)
     assert updates.count == 1
     assert _last_used(app, headers) > old + timedelta(minutes=1)
@@ -112,13 +111,13 @@ def test_recent_use_is_not_rewritten(app: FastAPI, client: httpx.Client) -> None
     headers = bearer(app, f"user-{uuid.uuid4().hex[:8]}")
     recent = datetime.now(UTC) - timedelta(seconds=30)
     _set_last_used(app, headers, recent)
-    with _Updates(app.state.engine) as updates:
+    with _Updates(app) as updates:
         _use(client, headers)
     assert updates.count == 0
     assert _last_used(app, headers) == recent
 
 
 def test_rejected_token_writes_nothing(app: FastAPI, client: httpx.Client) -> None:
-    with _Updates(app.state.engine) as updates:
+    with _Updates(app) as updates:
         response = client.get("/results", headers={"Authorization": "Bearer pgd_nope"})
     assert response.status_code == 401 and updates.count == 0

@@ -252,3 +252,29 @@ def test_readyz_with_an_embedded_broker_needs_no_server(
             assert http.get("/readyz", headers=alice).json() == {"status": "ok"}
     finally:
         embedded.state.engine.dispose()
+
+
+def test_task_message_is_what_send_task_writes(app: FastAPI, queues: redis.Redis) -> None:
+    """The message POST /jobs pushes itself equals Celery's own, key by key; only the
+    per-message delivery tag and the per-producer reply address differ."""
+    task_id = str(uuid.uuid4())
+    enqueue.producer(app.state.settings).send_task(
+        enqueue.TASK_NAME, args=["job-x", 2], queue="gpu", task_id=task_id
+    )
+    (theirs,) = [json.loads(raw) for raw in queues.lrange("gpu", 0, -1)]
+    ours = json.loads(enqueue.task_message(job_id="job-x", attempt=2, task_id=task_id, queue="gpu"))
+    for message in (theirs, ours):
+        for name in ("delivery_tag", "reply_to"):
+            uuid.UUID(message["properties"].pop(name))
+    assert ours == theirs
+    assert base64.b64decode(ours["body"]) == base64.b64decode(theirs["body"])
+
+
+def test_publish_writes_the_direct_message(app: FastAPI, queues: redis.Redis) -> None:
+    assert enqueue.is_direct(app.state.settings.broker_url)
+    assert enqueue.publish(app.state.settings, job_id="j", attempt=1, queue="cpu", task_id="t")
+    assert _messages(queues, "cpu") == [
+        {"task": "pgd.run_job", "id": "t", "args": ["j", 1], "kwargs": {}}
+    ]
+    assert not enqueue.is_direct("sqla+sqlite:///broker.db")
+    assert not enqueue.is_direct("amqp://guest@localhost//")

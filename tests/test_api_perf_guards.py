@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from db_helpers import bearer, migrated_app
+from db_helpers import bearer, migrated_app, sent_statements
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -41,21 +41,18 @@ def client(app: FastAPI) -> Iterator[httpx.Client]:
 
 
 class _Statements:
-    """The SQL statements sent on ``engine`` while active (upper-cased)."""
+    """The SQL statements the app sends while active (db_helpers.sent_statements)."""
 
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
+    def __init__(self, app: FastAPI) -> None:
+        self._watch = sent_statements(app)
         self.seen: list[str] = []
 
-    def _seen(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        self.seen.append(" ".join(statement.split()).upper())
-
     def __enter__(self) -> _Statements:
-        sa.event.listen(self.engine, "before_cursor_execute", self._seen)
+        self.seen = self._watch.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        sa.event.remove(self.engine, "before_cursor_execute", self._seen)
+        self._watch.__exit__(None, None, None)
 
     def selects_from(self, table: str) -> list[str]:
         return [s for s in self.seen if s.startswith("SELECT") and f"FROM {table.upper()}" in s]
@@ -74,7 +71,7 @@ def _headers(app: FastAPI) -> dict[str, str]:
 def test_cached_token_is_not_read_again(app: FastAPI, client: httpx.Client) -> None:
     headers = _headers(app)
     assert client.get("/results", headers=headers).status_code == 200
-    with _Statements(app.state.engine) as statements:
+    with _Statements(app) as statements:
         assert client.get("/results", headers=headers).status_code == 200
     assert statements.selects_from("api_tokens") == []
 
@@ -106,7 +103,7 @@ def test_token_cache_can_be_disabled(
     monkeypatch.setattr(api.auth, "TOKEN_CACHE_TTL_S", 0)
     headers = _headers(app)
     assert client.get("/results", headers=headers).status_code == 200
-    with _Statements(app.state.engine) as statements:
+    with _Statements(app) as statements:
         assert client.get("/results", headers=headers).status_code == 200
     assert len(statements.selects_from("api_tokens")) == 1
 
@@ -119,7 +116,7 @@ def test_new_job_sends_no_lookup_before_its_insert(
     client.get("/results", headers=headers)  # the token is cached
     if key is not None:
         headers["Idempotency-Key"] = f"{key}-{uuid.uuid4().hex}"
-    with _Statements(app.state.engine) as statements:
+    with _Statements(app) as statements:
         response = client.post("/jobs", json=_spec(), headers=headers)
     assert response.status_code == 202, response.text
     assert statements.selects_from("jobs") == []
@@ -187,23 +184,23 @@ def test_dataset_manifest_is_read_once_until_it_changes(
     assert "no dataset 'cached'" in str(api.services.jobs.dataset_info(tmp_path, "cached"))
 
 
-def test_results_page_ends_its_transaction_with_commit(app: FastAPI, client: httpx.Client) -> None:
-    # psycopg drops a connection's prepared statements on ROLLBACK.
+def test_a_repeated_page_reads_only_the_leaderboard_version(
+    app: FastAPI, client: httpx.Client
+) -> None:
     headers = _headers(app)
-    client.get("/results", headers=headers)  # the token is cached
-    ends: list[str] = []
+    first = client.get("/results?limit=7", headers=headers)  # the token and the page cached
+    with _Statements(app) as statements:
+        again = client.get("/results?limit=7", headers=headers)
+    assert again.status_code == 200 and again.content == first.content
+    assert len(statements.seen) == 1, statements.seen
+    assert statements.selects_from("leaderboard_version") == statements.seen
 
-    def rolled_back(conn: Any) -> None:
-        ends.append("rollback")
 
-    def committed(conn: Any) -> None:
-        ends.append("commit")
-
-    sa.event.listen(app.state.engine, "rollback", rolled_back)
-    sa.event.listen(app.state.engine, "commit", committed)
-    try:
-        assert client.get("/results?limit=5", headers=headers).status_code == 200
-    finally:
-        sa.event.remove(app.state.engine, "rollback", rolled_back)
-        sa.event.remove(app.state.engine, "commit", committed)
-    assert ends == ["commit"]
+def test_job_values_name_every_column_but_seq() -> None:
+    values = api.services.jobs.job_values(
+        spec=get_preset("tiny-fcos-student"), owner="o", max_attempts=3
+    )
+    columns = {column.name for column in api.services.jobs.Job.__table__.c}
+    assert set(values) == columns - {"seq"}
+    assert values["state"] == "queued" and values["enqueued_at"] == values["created_at"]
+    assert values["task_id"] and values["spec_hash"] == get_preset("tiny-fcos-student").spec_hash()

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from db_helpers import bearer, migrated_app
+from db_helpers import bearer, migrated_app, sent_statements
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -246,19 +246,82 @@ def test_pagination_by_offset(
 def test_constant_number_of_queries(
     app: FastAPI, client: httpx.Client, headers: dict[str, str], jobs: dict[str, str]
 ) -> None:
-    statements: list[str] = []
+    _get(client, headers)  # the token is cached
+    app.state.results_cache.clear()
+    with sent_statements(app) as seen:
+        rows = _get(client, headers)
+    # The version, the page and, on SQLite only, the candidate baselines.
+    postgresql = app.state.engine.dialect.name == "postgresql"
+    assert len(seen) == (2 if postgresql else 3), seen
+    assert "FROM LEADERBOARD_VERSION" in seen[0]
+    with sent_statements(app) as seen:
+        again = _get(client, headers)
+    assert again == rows  # the same page, from the cache: only the version is read
+    assert len(seen) == 1 and "FROM LEADERBOARD_VERSION" in seen[0], seen
 
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            statements.append(statement)
 
-    sa.event.listen(app.state.engine, "before_cursor_execute", count)
-    try:
-        _get(client, headers)
-    finally:
-        sa.event.remove(app.state.engine, "before_cursor_execute", count)
-    # The token lookup, the page, the candidate baselines.
-    assert len(statements) <= 3, statements
+CACHE_DATASET = "cache-lb"
+
+
+def _page(client: httpx.Client, headers: dict[str, str], **extra: str) -> httpx.Response:
+    params = {"dataset": CACHE_DATASET, "sort": "-ap"}
+    return client.get("/results", params=params, headers={**headers, **extra})
+
+
+def test_etag_and_if_none_match(
+    app: FastAPI, client: httpx.Client, headers: dict[str, str]
+) -> None:
+    first = _page(client, headers)
+    assert first.status_code == 200
+    etag = first.headers["etag"]
+    assert etag.startswith('"lb') and first.headers["cache-control"] == "private, no-cache"
+    again = _page(client, headers, **{"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    assert again.headers["etag"] == etag
+    for header in (f"W/{etag}", f'"other", {etag}', "*"):
+        assert _page(client, headers, **{"If-None-Match": header}).status_code == 304
+    assert _page(client, headers, **{"If-None-Match": '"lb0-0"'}).status_code == 200
+    # Another query, another tag.
+    other = client.get("/results", params={"dataset": CACHE_DATASET, "sort": "ap"}, headers=headers)
+    assert other.headers["etag"] != etag
+
+
+def _version(app: FastAPI) -> int:
+    with app.state.session_factory() as session:
+        return session.scalar(sa.text("SELECT version FROM leaderboard_version"))
+
+
+def test_a_new_result_is_seen_at_once(
+    app: FastAPI, client: httpx.Client, headers: dict[str, str]
+) -> None:
+    before = _page(client, headers)
+    version = _version(app)
+    with app.state.session_factory() as session:
+        job_id = _add(session, kind="train", student=50, dataset=CACHE_DATASET, ap=12.5)
+        session.commit()
+    assert _version(app) == version + 1
+    after = _page(client, headers, **{"If-None-Match": before.headers["etag"]})
+    assert after.status_code == 200 and after.headers["etag"] != before.headers["etag"]
+    assert job_id in [row["job_id"] for row in after.json()["items"]]
+    assert job_id not in [row["job_id"] for row in before.json()["items"]]
+
+    # A changed result (an UPDATE the API never makes, done by hand) is seen too.
+    with app.state.session_factory() as session:
+        session.execute(sa.update(EvalResult).where(EvalResult.job_id == job_id).values(ap=77.0))
+        session.commit()
+    top = _page(client, headers).json()["items"][0]
+    assert (top["job_id"], top["ap"]) == (job_id, 77.0)
+
+
+def test_cache_can_be_disabled(tmp_path_factory: pytest.TempPathFactory) -> None:
+    for uncached in migrated_app("sqlite", tmp_path_factory, results_cache_entries=0):
+        auth = bearer(uncached, "nocache")
+        with TestClient(uncached) as http:
+            http.get("/results", headers=auth)
+            with sent_statements(uncached) as seen:
+                response = http.get("/results", headers=auth)
+        assert response.status_code == 200 and response.json()["items"] == []
+        assert sum("FROM EVAL_RESULTS" in s for s in seen) == 1, seen
 
 
 def _csv(response: httpx.Response) -> list[list[str]]:
@@ -315,3 +378,31 @@ def test_export_walks_in_chunks_up_to_the_cap(
         ]
     assert len(every) == 7 and len(set(every)) == 7
     assert capped == every[:5]
+
+
+def test_page_cache_keeps_one_version_and_its_newest_pages() -> None:
+    cache = service.PageCache(entries=2)
+    cache.put(3, ("a",), b"A3")
+    cache.put(3, ("b",), b"B3")
+    assert (cache.get(3, ("a",)), cache.get(3, ("b",))) == (b"A3", b"B3")
+    assert cache.get(2, ("a",)) is None and cache.get(4, ("a",)) is None
+    cache.get(3, ("a",))  # "a" is now the most recently used
+    cache.put(3, ("c",), b"C3")
+    assert cache.get(3, ("b",)) is None and cache.get(3, ("a",)) == b"A3"
+    cache.put(2, ("d",), b"D2")  # a slower request of an older version: dropped
+    assert cache.get(2, ("d",)) is None and cache.get(3, ("c",)) == b"C3"
+    cache.put(4, ("a",), b"A4")  # a newer version forgets the older pages
+    assert cache.get(3, ("c",)) is None and cache.get(4, ("a",)) == b"A4"
+    cache.put(4, ("big",), b"x" * (service.PageCache.MAX_BODY + 1))
+    assert cache.get(4, ("big",)) is None
+    off = service.PageCache(entries=0)
+    off.put(1, ("a",), b"A")
+    assert off.get(1, ("a",)) is None
+
+
+def test_etag_names_the_version_and_the_query() -> None:
+    key = service.page_key(service.ResultFilters(dataset="coco"), "-ap", 50, 0)
+    assert service.page_etag(7, key) == service.page_etag(7, key)
+    assert service.page_etag(7, key) != service.page_etag(8, key)
+    other = service.page_key(service.ResultFilters(dataset="coco"), "-ap", 50, 50)
+    assert service.page_etag(7, key) != service.page_etag(7, other)

@@ -19,7 +19,7 @@ from db_helpers import TABLES, alembic_config, database_url_for
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.db.models import Base, Job, MetricPoint
+from api.db.models import Base, EvalResult, Job, LeaderboardVersion, MetricPoint
 from api.db.session import make_engine
 
 
@@ -135,5 +135,50 @@ def test_unknown_state_is_refused(session: Session) -> None:
 
 def test_metric_point_needs_an_existing_job(session: Session) -> None:
     session.add(MetricPoint(job_id=str(uuid.uuid4()), step=0, name="loss", value=1.0))
+    with pytest.raises(IntegrityError):
+        session.flush()
+
+
+def _version(session: Session) -> int:
+    return session.scalar(sa.select(LeaderboardVersion.version))
+
+
+def test_leaderboard_version_follows_what_the_leaderboard_shows(session: Session) -> None:
+    """The triggers of migration 0004: every change to a result, or to a column the
+    leaderboard reads of a job that has a result, raises the version once; changes
+    to jobs without a result, and heartbeats, do not."""
+    job, other = _job(), _job()
+    session.add_all([job, other])
+    session.flush()
+    start = _version(session)
+
+    def bumped() -> int:
+        return _version(session) - start
+
+    session.execute(sa.update(Job).where(Job.id == job.id).values(state="running"))
+    assert bumped() == 0  # no result yet
+    session.add(EvalResult(job_id=job.id, dataset="d", detector="fcos", method="none", metrics={}))
+    session.flush()
+    assert bumped() == 1
+    session.execute(sa.update(EvalResult).where(EvalResult.job_id == job.id).values(ap=1.0))
+    assert bumped() == 2
+    session.execute(
+        sa.update(Job).where(Job.id == job.id).values(heartbeat_at=datetime.now(UTC), progress=0.5)
+    )
+    assert bumped() == 2  # a heartbeat is not on the leaderboard
+    session.execute(sa.update(Job).where(Job.id == job.id).values(state="succeeded"))
+    assert bumped() == 3
+    session.execute(sa.update(Job).where(Job.id == job.id).values(spec={"kind": "distill"}))
+    assert bumped() == 4
+    session.execute(sa.update(Job).where(Job.id == other.id).values(state="failed"))
+    assert bumped() == 4  # no result: never on the leaderboard
+    session.execute(sa.delete(Job).where(Job.id == job.id))  # its result goes by cascade
+    assert bumped() == 5
+    assert session.scalar(sa.select(sa.func.count()).select_from(EvalResult)) == 0
+
+
+def test_leaderboard_version_has_one_row(session: Session) -> None:
+    assert session.scalar(sa.select(sa.func.count()).select_from(LeaderboardVersion)) == 1
+    session.add(LeaderboardVersion(id=2, version=1))
     with pytest.raises(IntegrityError):
         session.flush()

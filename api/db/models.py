@@ -216,6 +216,18 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class LeaderboardVersion(Base):
+    """One row whose ``version`` every change to what the leaderboard shows raises, in
+    the transaction of that change (triggers on eval_results and jobs, migration
+    0004). The API keys its cached pages and their ETags by it."""
+
+    __tablename__ = "leaderboard_version"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
 class ApiToken(Base):
     """A bearer token; only its hash is stored."""
 

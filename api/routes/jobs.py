@@ -10,6 +10,7 @@ from api.auth import current_token
 from api.db.models import ApiToken, Job
 from api.deps import get_app_settings, get_db
 from api.problems import problem
+from api.runtime import Runtime, get_runtime
 from api.schemas import JobCreate, JobPage, JobRead
 from api.services import jobs as service
 from api.settings import Settings
@@ -31,11 +32,11 @@ def rejected(exc: service.SpecRejected) -> JSONResponse:
 @router.post(
     "", status_code=202, response_model=JobRead, responses={422: {"description": "invalid"}}
 )
-def create_job(
+async def create_job(
     spec: JobCreate,
     idempotency_key: str | None = Header(None, max_length=128),
     token: ApiToken = Depends(current_token),
-    db_session: Session = Depends(get_db),
+    runtime: Runtime = Depends(get_runtime),
     settings: Settings = Depends(get_app_settings),
 ) -> Response:
     """Queue a run; the same Idempotency-Key and spec return the same job.
@@ -45,8 +46,8 @@ def create_job(
     detector and model, or a registered checkpoint. The job is stored, then sent
     to the broker (a broker that is down leaves it queued for the re-sender)."""
     try:
-        job, created = service.create(
-            db_session=db_session,
+        row, created = await service.create(
+            runtime=runtime,
             settings=settings,
             spec=spec,
             owner=token.owner,
@@ -59,9 +60,9 @@ def create_job(
     # Serialised here, once: returning the row would have FastAPI validate it against
     # response_model, then validate and serialise that again.
     return Response(
-        JobRead.model_validate(job).model_dump_json(),
+        JobRead.model_validate(row).model_dump_json(),
         status_code=202 if created else 200,
-        headers={"Location": f"/jobs/{job.id}"},
+        headers={"Location": f"/jobs/{row['id']}"},
         media_type="application/json",
     )
 

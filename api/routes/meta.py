@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import logging
 
+import anyio
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from kombu import Connection
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from api.auth import current_token
-from api.deps import get_app_settings, get_db
+from api.db.aio import AsyncDatabase
+from api.deps import get_app_settings
 from api.problems import problem
+from api.runtime import Runtime, get_runtime
 from api.schemas import DatasetRead, PresetRead
 from api.settings import Settings
 from pgd_core.datasets import list_datasets
 from pgd_core.presets import PRESETS, list_presets
 
 log = logging.getLogger("pgd.readyz")
+_PING = text("SELECT 1")
+#: How long readiness waits for a database connection (a probe must answer fast).
+READY_DB_TIMEOUT_S = 2.0
 
 public = APIRouter(tags=["health"])
 router = APIRouter(dependencies=[Depends(current_token)], tags=["catalogue"])
@@ -31,10 +35,11 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _database_ok(db_session: Session) -> bool:
+async def _database_ok(db: AsyncDatabase, timeout_s: float) -> bool:
     try:
-        db_session.execute(text("SELECT 1"))
-    except SQLAlchemyError as exc:
+        with anyio.fail_after(timeout_s):
+            await db.fetch_one(_PING)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
         log.warning("readiness: database unreachable: %s", exc)
         return False
     return True
@@ -57,13 +62,15 @@ def _broker_ok(settings: Settings) -> bool:
 
 
 @router.get("/readyz", response_model=dict[str, str], responses={503: {"description": "down"}})
-def readyz(
-    db_session: Session = Depends(get_db), settings: Settings = Depends(get_app_settings)
+async def readyz(
+    runtime: Runtime = Depends(get_runtime), settings: Settings = Depends(get_app_settings)
 ) -> dict[str, str] | JSONResponse:
     """The database and the broker answer; 503 naming those that do not."""
+    database = await _database_ok(runtime.db, READY_DB_TIMEOUT_S)
+    broker = await anyio.to_thread.run_sync(_broker_ok, settings)
     checks = {
-        "database": "ok" if _database_ok(db_session) else "unreachable",
-        "broker": "ok" if _broker_ok(settings) else "unreachable",
+        "database": "ok" if database else "unreachable",
+        "broker": "ok" if broker else "unreachable",
     }
     down = [name for name, status in checks.items() if status != "ok"]
     if down:

@@ -17,11 +17,10 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
-from sqlalchemy.orm import Session
 
 from api.auth import current_token
 from api.db.models import ApiToken
-from api.deps import get_db
+from api.runtime import Runtime, get_runtime
 from api.schemas import ResultPage, ResultRow
 from api.services import results as service
 
@@ -60,12 +59,23 @@ def _csv_lines(request: Request, filters: service.ResultFilters, sort: str) -> I
     yield flush()
 
 
+def _not_modified(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return etag in tags or "*" in tags
+
+
 @router.get(
     "",
     response_model=ResultPage,
-    responses={200: {"content": {"text/csv": {}}, "description": "JSON page or CSV export"}},
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "JSON page or CSV export"},
+        304: {"description": "If-None-Match holds the page's current ETag"},
+    },
 )
-def list_results(
+async def list_results(
     request: Request,
     filters: service.ResultFilters = Depends(),
     sort: str = Query(
@@ -79,9 +89,13 @@ def list_results(
         None, description="csv exports every matching row (up to 100000), ignoring limit/offset"
     ),
     token: ApiToken = Depends(current_token),
-    db_session: Session = Depends(get_db),
+    runtime: Runtime = Depends(get_runtime),
 ) -> Response:
-    """Evaluation results with filters and sorting; distilled rows carry teacher/baseline deltas."""
+    """Evaluation results with filters and sorting; distilled rows carry teacher/baseline deltas.
+
+    JSON pages carry an ETag that changes whenever any result (or a job with a
+    result) changes; a request with that ETag in If-None-Match gets 304 while the
+    leaderboard has not changed. Pages are cached per process by that version."""
     try:
         service.parse_sort(sort)
     except service.InvalidSort as exc:
@@ -94,17 +108,24 @@ def list_results(
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="results.csv"'},
         )
-    rows, next_offset = service.list_page(
-        db_session=db_session, filters=filters, sort=sort, limit=limit, offset=offset
-    )
-    # Ends the read-only transaction with COMMIT, not the ROLLBACK of closing the
-    # session: psycopg 3 drops every prepared statement of a connection on ROLLBACK,
-    # and the page query is prepared (api.db.session.PREPARE_THRESHOLD) because it
-    # takes longer to plan than to run.
-    db_session.commit()
-    page = ResultPage.model_validate(
-        {"items": rows, "limit": limit, "offset": offset, "next_offset": next_offset}
-    )
-    # Serialised here, once: returning the model would have FastAPI dump it, validate
-    # it again against response_model, then serialise it.
-    return Response(page.model_dump_json(), media_type="application/json")
+    # The version first: the page read after it holds every change up to it.
+    version = await service.leaderboard_version(runtime.db)
+    key = service.page_key(filters, sort, limit, offset)
+    etag = service.page_etag(version, key)
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    cache: service.PageCache = request.app.state.results_cache
+    body = cache.get(version, key)
+    if body is None:
+        rows, next_offset = await service.list_page_async(
+            runtime.db, filters=filters, sort=sort, limit=limit, offset=offset
+        )
+        page = ResultPage.model_validate(
+            {"items": rows, "limit": limit, "offset": offset, "next_offset": next_offset}
+        )
+        # Serialised here, once: returning the model would have FastAPI dump it,
+        # validate it again against response_model, then serialise it.
+        body = page.model_dump_json().encode()
+        cache.put(version, key, body)
+    return Response(body, media_type="application/json", headers=headers)

@@ -5,18 +5,26 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any
+from typing import Any, cast
 
+import anyio
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, case, select, true, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import ColumnElement, Table, bindparam, case, func, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.base import Executable
 
+from api.db.aio import AsyncDatabase
 from api.db.models import ApiToken, Job
 from api.db.types import rowcount, utcnow
+from api.runtime import Runtime
 from api.services import enqueue
 from api.settings import Settings
 from pgd_core.datasets import MANIFEST_NAME, DatasetError, DatasetInfo, load_dataset_info
@@ -53,6 +61,25 @@ _DATASET_CACHE: dict[tuple[Path, str], tuple[tuple[int, int], DatasetInfo | str]
 _DATASET_CACHE_MAX = 256
 
 
+def _manifest_version(data_root: Path, name: str) -> tuple[int, int] | None:
+    """(mtime_ns, size) of the dataset's manifest, or None when there is no such file."""
+    try:
+        stat = (data_root / name / MANIFEST_NAME).stat()
+    except (OSError, ValueError):
+        return None
+    return (stat.st_mtime_ns, stat.st_size) if S_ISREG(stat.st_mode) else None
+
+
+def cached_dataset_info(data_root: Path, name: str) -> DatasetInfo | str | None:
+    """What :func:`dataset_info` would answer, when that needs no reading (one stat):
+    None when the manifest must be read first."""
+    version = _manifest_version(data_root, name)
+    if version is None:
+        return f"no dataset '{name}' is registered on this server"
+    cached = _DATASET_CACHE.get((data_root, name))
+    return cached[1] if cached is not None and cached[0] == version else None
+
+
 def dataset_info(data_root: Path, name: str) -> DatasetInfo | str:
     """The registered dataset ``name``, or why it cannot be used (no server paths in it).
 
@@ -61,14 +88,10 @@ def dataset_info(data_root: Path, name: str) -> DatasetInfo | str:
     rest of the validation. A rewritten manifest is read again; a split file
     removed behind an unchanged manifest is only noticed by the worker.
     """
-    manifest = data_root / name / MANIFEST_NAME
-    try:
-        stat = manifest.stat()
-    except (OSError, ValueError):
-        stat = None
-    if stat is None or not S_ISREG(stat.st_mode):
+    version = _manifest_version(data_root, name)
+    if version is None:
         return f"no dataset '{name}' is registered on this server"
-    key, version = (data_root, name), (stat.st_mtime_ns, stat.st_size)
+    key = (data_root, name)
     cached = _DATASET_CACHE.get(key)
     if cached is not None and cached[0] == version:
         return cached[1]
@@ -87,19 +110,37 @@ def dataset_info(data_root: Path, name: str) -> DatasetInfo | str:
     return answer
 
 
+#: What RefChecker reads of a referenced job.
+_JOB_REF = select(Job.id, Job.state, Job.kind, Job.detector, Job.spec).where(
+    Job.id == bindparam("job_id")
+)
+JobRef = Mapping[str, Any]
+
+
 @dataclass
 class RefChecker:
     """Checks a spec's dataset, ``teacher_ref`` and ``checkpoint_ref`` against this server.
 
-    Answers are cached for the checker's lifetime, so one sweep reads each
-    dataset manifest and each referenced job once.
+    ``load_job`` returns a referenced job's id, state, kind, detector and spec (or
+    None): :meth:`for_session` reads them with a sync session; the async path reads
+    them first (:func:`referenced_jobs`) and passes a dict's ``get``. Answers are
+    cached for the checker's lifetime, so one sweep reads each dataset manifest and
+    each referenced job once.
     """
 
-    db_session: Session
     data_root: Path
     weights_root: Path
+    load_job: Callable[[str], JobRef | None]
     _datasets: dict[str, DatasetInfo | str] = field(default_factory=dict)
-    _jobs: dict[str, Job | None] = field(default_factory=dict)
+    _jobs: dict[str, JobRef | None] = field(default_factory=dict)
+
+    @classmethod
+    def for_session(cls, db_session: Session, settings: Settings) -> RefChecker:
+        def load(job_id: str) -> JobRef | None:
+            row = db_session.execute(_JOB_REF, {"job_id": job_id}).mappings().first()
+            return dict(row) if row is not None else None
+
+        return cls(settings.data_root, settings.weights_root, load)
 
     def check(self, spec: RunSpec) -> str | None:
         """Raise SpecRejected naming every bad field; return the teacher job's id, if any."""
@@ -143,9 +184,9 @@ class RefChecker:
                 )
         return errors
 
-    def _job(self, job_id: str) -> Job | None:
+    def _job(self, job_id: str) -> JobRef | None:
         if job_id not in self._jobs:
-            self._jobs[job_id] = self.db_session.scalar(select(Job).where(Job.id == job_id))
+            self._jobs[job_id] = self.load_job(job_id)
         return self._jobs[job_id]
 
     def _model_ref(
@@ -159,19 +200,20 @@ class RefChecker:
             if path.is_relative_to(root) and path.is_file():
                 return None, None
             return None, f"no job and no registered checkpoint is named '{ref}'"
-        if job.state != "succeeded":
-            return job.id, f"job {ref} is {job.state}, not succeeded"
-        if job.kind not in CHECKPOINT_KINDS:
-            return job.id, (
-                f"job {ref} is an '{job.kind}' job; only train or distill jobs make a checkpoint"
+        job_id, state, kind, detector = job["id"], job["state"], job["kind"], job["detector"]
+        if state != "succeeded":
+            return job_id, f"job {ref} is {state}, not succeeded"
+        if kind not in CHECKPOINT_KINDS:
+            return job_id, (
+                f"job {ref} is an '{kind}' job; only train or distill jobs make a checkpoint"
             )
-        if job.detector != spec.detector:
-            return job.id, f"job {ref} trained a '{job.detector}' detector, not '{spec.detector}'"
+        if detector != spec.detector:
+            return job_id, f"job {ref} trained a '{detector}' detector, not '{spec.detector}'"
         if expected is not None:
-            mismatch = _model_mismatch(job.spec.get("student"), expected)
+            mismatch = _model_mismatch((job["spec"] or {}).get("student"), expected)
             if mismatch:
-                return job.id, f"job {ref}'s student model differs from this {what}: {mismatch}"
-        return job.id, None
+                return job_id, f"job {ref}'s student model differs from this {what}: {mismatch}"
+        return job_id, None
 
 
 def _model_mismatch(stored: Any, expected: ModelSpec) -> str | None:
@@ -206,14 +248,54 @@ def get(*, db_session: Session, job_id: str, token: ApiToken) -> Job | None:
     return db_session.scalar(select(Job).where(Job.id == job_id, _visible(token)))
 
 
-def _by_key(db_session: Session, owner: str, key: str) -> Job | None:
-    return db_session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
+def job_values(
+    *,
+    spec: RunSpec,
+    owner: str,
+    max_attempts: int,
+    spec_hash: str | None = None,
+    sweep_id: str | None = None,
+    teacher_job_id: str | None = None,
+    idempotency_key: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Every column of a new queued job but ``seq`` (numbered by the database).
 
-
-def _replay(existing: Job, spec_hash: str) -> Job:
-    if existing.spec_hash != spec_hash:
-        raise IdempotencyConflict("this Idempotency-Key was already used with another spec")
-    return existing
+    It is stored already marked as sent (a task id and ``enqueued_at``), because it
+    is sent right after its commit; if that send fails, ``enqueued_at`` is cleared,
+    and if the process dies in between, the stale ``enqueued_at`` has the re-sender
+    send it later. ``spec_hash``: ``spec.spec_hash()`` if the caller has it."""
+    now = now or utcnow()
+    return {
+        "id": str(uuid.uuid4()),
+        "kind": spec.kind,
+        "detector": spec.detector,
+        "dataset": spec.dataset.name,
+        "method": spec.method,
+        "spec": spec.model_dump(mode="json"),
+        "spec_hash": spec_hash if spec_hash is not None else spec.spec_hash(),
+        "state": "queued",
+        "reason": None,
+        "message": None,
+        "attempt": 0,
+        "max_attempts": max_attempts,
+        "progress": 0.0,
+        "heartbeat_at": None,
+        "owner": owner,
+        "idempotency_key": idempotency_key,
+        "cancel_requested": False,
+        "cancel_requested_at": None,
+        "lost_count": 0,
+        "enqueued_at": now,
+        "task_id": enqueue.new_task_id(),
+        "worker": None,
+        "sweep_id": sweep_id,
+        "teacher_job_id": teacher_job_id,
+        "created_at": now,
+        "updated_at": now,
+        "started_at": None,
+        "finished_at": None,
+    }
 
 
 def new_job(
@@ -223,75 +305,140 @@ def new_job(
     max_attempts: int,
     sweep_id: str | None = None,
     teacher_job_id: str | None = None,
-    spec_hash: str | None = None,
 ) -> Job:
-    """A queued job row for ``spec``, marked for sending (not added to a session: the
-    caller owns the transaction and sends it with enqueue.send_job after the commit).
-    ``spec_hash``: ``spec.spec_hash()`` when the caller has already computed it."""
-    job = Job(
-        kind=spec.kind,
-        detector=spec.detector,
-        dataset=spec.dataset.name,
-        method=spec.method,
-        spec=spec.model_dump(mode="json"),
-        spec_hash=spec_hash if spec_hash is not None else spec.spec_hash(),
-        owner=owner,
-        max_attempts=max_attempts,
-        sweep_id=sweep_id,
-        teacher_job_id=teacher_job_id,
+    """A queued job row for ``spec`` (:func:`job_values`) not added to a session: the
+    caller owns the transaction and sends it with enqueue.send_job after the commit."""
+    return Job(
+        **job_values(
+            spec=spec,
+            owner=owner,
+            max_attempts=max_attempts,
+            sweep_id=sweep_id,
+            teacher_job_id=teacher_job_id,
+        )
     )
-    enqueue.mark_for_send(job)
-    return job
 
 
-def create(
+_JOBS = cast(Table, Job.__table__)
+_JOB_BY_ID = select(_JOBS).where(_JOBS.c.id == bindparam("job_id"))
+_JOB_BY_KEY = select(_JOBS).where(
+    _JOBS.c.owner == bindparam("owner"), _JOBS.c.idempotency_key == bindparam("key")
+)
+_UNSENT = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("job_id"),
+        _JOBS.c.state == "queued",
+        _JOBS.c.attempt == bindparam("sent_attempt"),
+    )
+    .values(enqueued_at=None, updated_at=bindparam("now"))
+    .returning(*_JOBS.c)
+)
+
+
+@lru_cache(maxsize=4)
+def insert_statement(dialect: str) -> Executable:
+    """``INSERT INTO jobs ... ON CONFLICT DO NOTHING RETURNING id`` with one bound
+    parameter per :func:`job_values` key (``v_<column>``): the row is those values
+    (and ``seq``, which no response shows).
+
+    Nothing is looked up first: the unique (owner, idempotency_key) index turns a
+    replayed key into no row, and only then is the key's job read. The job id is
+    chosen here, so sending the same INSERT twice (a retry on a lost connection)
+    also returns no row, and the id finds the job the first one stored."""
+    columns = [c for c in _JOBS.c if c.name != "seq"]
+    values: dict[str, Any] = {
+        c.name: bindparam(f"v_{c.name}", type_=c.type, required=True) for c in columns
+    }
+    if dialect == "postgresql":
+        statement: Any = postgresql.insert(_JOBS)
+    elif dialect == "sqlite":
+        # No identity columns: writers are serialised, so max + 1 in the INSERT is safe.
+        values["seq"] = select(func.coalesce(func.max(_JOBS.c.seq), 0) + 1).scalar_subquery()
+        statement = sqlite.insert(_JOBS)
+    else:
+        raise ValueError(f"unsupported database {dialect!r}: use PostgreSQL or SQLite")
+    return statement.values(values).on_conflict_do_nothing().returning(_JOBS.c.id)
+
+
+def _replay(existing: Mapping[str, Any], spec_hash: str) -> Mapping[str, Any]:
+    if existing["spec_hash"] != spec_hash:
+        raise IdempotencyConflict("this Idempotency-Key was already used with another spec")
+    return existing
+
+
+async def referenced_jobs(db: AsyncDatabase, spec: RunSpec) -> dict[str, JobRef | None]:
+    """The jobs ``teacher_ref`` and ``checkpoint_ref`` may name (for RefChecker)."""
+    refs = {ref for ref in (spec.teacher_ref, spec.checkpoint_ref) if ref is not None}
+    return {ref: await db.fetch_one(_JOB_REF, {"job_id": ref}) for ref in sorted(refs)}
+
+
+async def create(
     *,
-    db_session: Session,
+    runtime: Runtime,
     settings: Settings,
     spec: RunSpec,
     owner: str,
     idempotency_key: str | None = None,
-) -> tuple[Job, bool]:
-    """Store a queued job, then send it; returns (job, created).
+) -> tuple[Mapping[str, Any], bool]:
+    """Store a queued job, then send it; returns (the job's row, created).
 
     A replayed key returns the first job and sends nothing. The spec's dataset
     and references are checked first (SpecRejected, unless the key was used
-    before); the row is committed before its message is sent, and a broker that
-    is down leaves it to the re-sender.
+    before); the row is committed (one autocommitted INSERT) before its message
+    is sent, and a broker that is down leaves it to the re-sender.
     """
+    db = runtime.db
     spec_hash = spec.spec_hash()
-    checker = RefChecker(db_session, settings.data_root, settings.weights_root)
+    if cached_dataset_info(settings.data_root, spec.dataset.name) is None:
+        # Reading a manifest is file I/O: not on the event loop.
+        await anyio.to_thread.run_sync(dataset_info, settings.data_root, spec.dataset.name)
+    jobs = await referenced_jobs(db, spec)
+    checker = RefChecker(settings.data_root, settings.weights_root, jobs.get)
     try:
         teacher_job_id = checker.check(spec)
     except SpecRejected:
         # A replay returns the first job even if its references have changed since.
-        existing = _by_key(db_session, owner, idempotency_key) if idempotency_key else None
+        existing = (
+            await db.fetch_one(_JOB_BY_KEY, {"owner": owner, "key": idempotency_key})
+            if idempotency_key
+            else None
+        )
         if existing is None:
             raise
         return _replay(existing, spec_hash), False
-    job = new_job(
+    values = job_values(
         spec=spec,
         owner=owner,
         max_attempts=settings.max_attempts,
-        teacher_job_id=teacher_job_id,
         spec_hash=spec_hash,
+        teacher_job_id=teacher_job_id,
+        idempotency_key=idempotency_key,
     )
-    job.idempotency_key = idempotency_key
-    db_session.add(job)
-    try:
-        db_session.commit()
-    except IntegrityError:
-        # The key was used before (or two requests with one key raced): the unique
-        # (owner, key) index let the first win. Inserting first spares every new
-        # job a lookup; a replay pays for the failed INSERT instead.
-        db_session.rollback()
-        existing = _by_key(db_session, owner, idempotency_key) if idempotency_key else None
-        if existing is None:
-            raise
-        return _replay(existing, spec_hash), False
-    if not enqueue.send_job(db_session, settings, job):
-        db_session.refresh(job)  # send_job cleared enqueued_at (and so updated_at)
-    return job, True
+    statement = insert_statement(db.dialect_name)
+    row: Mapping[str, Any] = values
+    if await db.fetch_one(statement, {f"v_{k}": v for k, v in values.items()}) is None:
+        # No row: the key was used before, or this is our own INSERT sent twice
+        # after a lost connection (the id is ours).
+        mine = await db.fetch_one(_JOB_BY_ID, {"job_id": values["id"]})
+        if mine is None:
+            existing = await db.fetch_one(_JOB_BY_KEY, {"owner": owner, "key": idempotency_key})
+            if existing is None:
+                raise RuntimeError(f"job {values['id']} was neither stored nor a replay")
+            return _replay(existing, spec_hash), False
+        row = mine
+    sent = await runtime.publisher.publish(
+        job_id=row["id"],
+        attempt=row["attempt"],
+        queue=enqueue.queue_for(row["spec"]),
+        task_id=row["task_id"],
+    )
+    if not sent:
+        unsent = await db.fetch_one(
+            _UNSENT, {"job_id": row["id"], "sent_attempt": row["attempt"], "now": utcnow()}
+        )
+        row = unsent or row
+    return row, True
 
 
 def encode_cursor(seq: int) -> str:

@@ -31,8 +31,11 @@ only those few rows are sorted together.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, TypeAlias
@@ -54,7 +57,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
-from api.db.models import EvalResult, Job
+from api.db.aio import AsyncDatabase
+from api.db.models import EvalResult, Job, LeaderboardVersion
 
 # A fetched row by column name (SQLAlchemy's RowMapping is keyed by more than str).
 Row: TypeAlias = Mapping[Any, Any]
@@ -325,6 +329,13 @@ def _row(r: Row, baseline: Row | None) -> dict[str, Any]:
     return row
 
 
+def _page(
+    fetched: Sequence[Row], baselines: Sequence[Row | None], limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    rows = [_row(r, b) for r, b in zip(fetched[:limit], baselines, strict=True)]
+    return rows, (offset + limit if len(fetched) > limit else None)
+
+
 def list_page(
     *,
     db_session: Session,
@@ -337,16 +348,101 @@ def list_page(
     dialect = db_session.get_bind().dialect.name
     query = page_statement(dialect, filters, sort)
     parameters = page_parameters(filters, limit=limit + 1, offset=offset)
-    fetched = list(db_session.execute(query, parameters).mappings())
-    more = len(fetched) > limit
-    fetched = fetched[:limit]
+    fetched = [dict(r) for r in db_session.execute(query, parameters).mappings()]
     if dialect == "postgresql":
         # The LATERAL joins only find baselines for distilled rows.
-        baselines: Sequence[Row | None] = [_pg_baseline(r) for r in fetched]
+        baselines: Sequence[Row | None] = [_pg_baseline(r) for r in fetched[:limit]]
     else:
-        baselines = _sqlite_baselines(db_session, fetched)
-    rows = [_row(r, b) for r, b in zip(fetched, baselines, strict=True)]
-    return rows, (offset + limit if more else None)
+        baselines = _sqlite_baselines(db_session, fetched[:limit])
+    return _page(fetched, baselines, limit, offset)
+
+
+async def list_page_async(
+    db: AsyncDatabase,
+    *,
+    filters: ResultFilters,
+    sort: str = DEFAULT_SORT,
+    limit: int,
+    offset: int = 0,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """:func:`list_page` for the event loop: on PostgreSQL its one query through the
+    async pool, elsewhere :func:`list_page` in a worker thread."""
+    if db.dialect_name != "postgresql":
+        return await db.run_sync(
+            lambda session: list_page(
+                db_session=session, filters=filters, sort=sort, limit=limit, offset=offset
+            )
+        )
+    query = page_statement("postgresql", filters, sort)
+    fetched = await db.fetch_all(query, page_parameters(filters, limit=limit + 1, offset=offset))
+    return _page(fetched, [_pg_baseline(r) for r in fetched[:limit]], limit, offset)
+
+
+_VERSION = select(LeaderboardVersion.version).where(LeaderboardVersion.id == 1)
+
+
+async def leaderboard_version(db: AsyncDatabase) -> int:
+    """The counter every change to the leaderboard's content raises (migration 0004)."""
+    row = await db.fetch_one(_VERSION)
+    if row is None:
+        raise RuntimeError("leaderboard_version has no row: is the database migrated to head?")
+    return int(row["version"])
+
+
+PageKey: TypeAlias = tuple[Any, ...]
+
+
+def page_key(filters: ResultFilters, sort: str, limit: int, offset: int) -> PageKey:
+    return (*astuple(filters), sort, limit, offset)
+
+
+def page_etag(version: int, key: PageKey) -> str:
+    """A strong ETag: the same version and query always give the same bytes."""
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
+    return f'"lb{version}-{digest}"'
+
+
+class PageCache:
+    """Serialised JSON pages of one version of the leaderboard, least recently used
+    first out. A page read for version v may contain changes committed after v (the
+    version is read first), never fewer, so serving it for v is never stale."""
+
+    #: Pages larger than this are not kept (limit=500 with long metric dicts).
+    MAX_BODY = 1 << 20
+
+    def __init__(self, entries: int) -> None:
+        self.entries = entries
+        self._version: int | None = None
+        self._pages: OrderedDict[PageKey, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, version: int, key: PageKey) -> bytes | None:
+        with self._lock:
+            if version != self._version:
+                return None
+            body = self._pages.get(key)
+            if body is not None:
+                self._pages.move_to_end(key)
+            return body
+
+    def clear(self) -> None:
+        with self._lock:
+            self._version = None
+            self._pages.clear()
+
+    def put(self, version: int, key: PageKey, body: bytes) -> None:
+        if self.entries <= 0 or len(body) > self.MAX_BODY:
+            return
+        with self._lock:
+            if self._version is None or version > self._version:
+                self._version = version
+                self._pages.clear()
+            elif version < self._version:
+                return  # a slower request of an older version
+            self._pages[key] = body
+            self._pages.move_to_end(key)
+            while len(self._pages) > self.entries:
+                self._pages.popitem(last=False)
 
 
 def iter_rows(

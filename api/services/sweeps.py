@@ -77,7 +77,7 @@ def create(
     """Validate every combination first, then store the sweep and its queued jobs
     atomically, then send them. Raises InvalidCombination or CombinationRejected."""
     specs = expand(base, grid)
-    checker = RefChecker(db_session, settings.data_root, settings.weights_root)
+    checker = RefChecker.for_session(db_session, settings)
     teachers = []
     for combination, spec in specs:
         try:
