@@ -5,15 +5,19 @@ Set-up: a throwaway PostgreSQL schema migrated to head for the real app (100,000
 eval results for the leaderboard, see ``bench_leaderboard.populate``), another
 for the baseline (100,000 indexed rows); a data root with one registered tiny
 dataset; a token; Redis DB 15 as the broker (FLUSHDB before and after). Each app
-runs in one uvicorn process (sync routes, same pool). Each case runs with 1 and
-50 connections (``wrk -t1 -c1``, ``wrk -t2 -c50``), real and baseline back to back.
+runs in one uvicorn process; the real app twice, once with its leaderboard page
+cache off (``PGD_RESULTS_CACHE_ENTRIES=0``: every page computed). Each case runs
+with 1 and 50 connections (``wrk -t1 -c1``, ``wrk -t2 -c50``), real and baseline
+back to back. At the end the jobs stored are counted against the messages in
+the broker's queues (every accepted job must have been sent exactly once).
 
-    python bench/bench_http.py [--duration 10] [--results 100000]
+    python bench/bench_http.py [--duration 10] [--results 100000] [--rounds 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -30,6 +34,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import redis
+from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -186,6 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--results", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every case this often")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
@@ -213,17 +219,16 @@ def main() -> None:
         baseline_app.populate(base_engine, args.results)
         base_engine.dispose()
 
-        real = stack.enter_context(
-            served(
-                "api.main:app",
-                {
-                    "PGD_DATABASE_URL": real_url,
-                    "PGD_BROKER_URL": REDIS_URL,
-                    "PGD_DATA_ROOT": str(data_root),
-                    "PGD_RUN_MAINTENANCE": "false",
-                },
-                "/healthz",
-            )
+        real_env = {
+            "PGD_DATABASE_URL": real_url,
+            "PGD_BROKER_URL": REDIS_URL,
+            "PGD_DATA_ROOT": str(data_root),
+            "PGD_RUN_MAINTENANCE": "false",
+        }
+        real = stack.enter_context(served("api.main:app", real_env, "/healthz"))
+        # The same app without its leaderboard page cache: every page is a miss.
+        uncached = stack.enter_context(
+            served("api.main:app", {**real_env, "PGD_RESULTS_CACHE_ENTRIES": "0"}, "/healthz")
         )
         base = stack.enter_context(
             served("bench.baseline_app:app", {"BASELINE_DATABASE_URL": base_url}, "/docs")
@@ -240,9 +245,17 @@ def main() -> None:
         cases = (
             ("POST /jobs", real + "/jobs", spec, auth, base + "/items", item),
             ("GET /results", real + RESULTS_QUERY, None, auth, base + "/items/top", None),
+            (
+                "GET /results, cache off",
+                uncached + RESULTS_QUERY,
+                None,
+                auth,
+                base + "/items/top",
+                None,
+            ),
         )
         rows = []
-        for threads, connections in CONNECTIONS:
+        for (threads, connections), _ in itertools.product(CONNECTIONS, range(args.rounds)):
             for name, real_target, real_body, headers, base_target, base_body in cases:
                 measured = {}
                 for side, target, body, side_headers in (
@@ -259,8 +272,15 @@ def main() -> None:
                     print(f"{name} c={connections} {side}: {measured[side]}", flush=True)
                 rows.append((name, connections, measured["real"], measured["baseline"]))
         queued = broker.llen("cpu") + broker.llen("gpu")
+        engine = make_engine(real_url)
+        with engine.connect() as conn:
+            accepted = conn.execute(text("SELECT count(*) FROM jobs")).scalar_one()
+        engine.dispose()
 
-    print(f"\nwrk {args.duration} s per run; messages left in the broker queues: {queued}")
+    print(
+        f"\nwrk {args.duration} s per run; jobs stored {accepted}, messages in the broker "
+        f"queues {queued} ({'every job sent once' if queued == accepted else 'MISMATCH'})"
+    )
     print(
         "| route | clients | real req/s | baseline req/s | real/baseline | real p50 (ms) "
         "| baseline p50 (ms) | real p99 (ms) | baseline p99 (ms) | errors (real/baseline) |"

@@ -3,8 +3,10 @@ on SQLite and PostgreSQL migrated by Alembic (rows inserted directly in the data
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -406,3 +408,136 @@ def test_etag_names_the_version_and_the_query() -> None:
     assert service.page_etag(7, key) != service.page_etag(8, key)
     other = service.page_key(service.ResultFilters(dataset="coco"), "-ap", 50, 50)
     assert service.page_etag(7, key) != service.page_etag(7, other)
+
+
+NAN_DATASET = "nan-lb"
+
+
+@pytest.fixture
+def odd_values(app: FastAPI, jobs: dict[str, str]) -> Iterator[None]:
+    """Results holding NaN and infinities (not JSON numbers), a distilled row among them."""
+    nan, inf = float("nan"), float("inf")
+    with app.state.session_factory() as session:
+        teacher = _add(session, kind="train", student=101, dataset=NAN_DATASET, ap=1.0, mr=0.3)
+        baseline = _add(session, kind="train", student=50, dataset=NAN_DATASET, minutes=1, ap=2.0)
+        student = _add(
+            session,
+            kind="distill",
+            student=50,
+            teacher=101,
+            method="pgd",
+            dataset=NAN_DATASET,
+            minutes=2,
+            teacher_job_id=teacher,
+            ap=30.0,
+            ap50=3.0,
+            mr=0.25,
+        )
+        # Not a distilled row although it names a teacher job: no teacher columns.
+        _add(
+            session,
+            kind="evaluate",
+            student=50,
+            dataset=NAN_DATASET,
+            minutes=3,
+            teacher_job_id=teacher,
+            ap=5.0,
+        )
+        # The columns only: the metrics JSON cannot hold them.
+        for job_id, values in (
+            (teacher, {"ap": inf}),
+            (baseline, {"ap": nan, "ji": -inf}),
+            (student, {"ap50": nan}),
+        ):
+            session.execute(
+                sa.update(EvalResult).where(EvalResult.job_id == job_id).values(**values)
+            )
+        session.commit()
+    yield
+    with app.state.session_factory() as session:
+        session.execute(sa.delete(Job).where(Job.dataset == NAN_DATASET))
+        session.commit()
+
+
+def test_server_written_pages_equal_the_python_ones(app: FastAPI, odd_values: None) -> None:
+    """PostgreSQL writes each page's JSON itself (service.page_body); the rows that
+    service.list_page computes in Python, serialised by pydantic, are the reference.
+    Every sort key in both directions, several filters, limits and offsets."""
+    if app.state.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite pages are the Python ones")
+    from api.db.aio import PsycopgDatabase
+    from api.schemas import ResultPage
+
+    filters = [
+        service.ResultFilters(),
+        service.ResultFilters(dataset=DATASET),
+        service.ResultFilters(dataset=DATASET, detector="fcos"),
+        service.ResultFilters(dataset=DATASET, detector="fcos", method="pgd"),
+        service.ResultFilters(kind="distill"),
+        service.ResultFilters(method="pgd"),
+        service.ResultFilters(dataset=NAN_DATASET),
+    ]
+    sorts = [f"{sign}{key}" for key in service.SORT_KEYS for sign in ("", "-")]
+    windows = [(50, 0), (2, 1), (3, 4)]
+
+    def reference(
+        session: Any, f: service.ResultFilters, sort: str, limit: int, offset: int
+    ) -> Any:
+        rows, next_offset = service.list_page(
+            db_session=session, filters=f, sort=sort, limit=limit, offset=offset
+        )
+        page = {"items": rows, "limit": limit, "offset": offset, "next_offset": next_offset}
+        return json.loads(ResultPage.model_validate(page).model_dump_json())
+
+    async def compare() -> int:
+        db = PsycopgDatabase(app.state.settings.database_url, sync_engine=app.state.engine)
+        await db.open()
+        checked = 0
+        try:
+            with app.state.session_factory() as session:
+                for f in filters:
+                    for sort in sorts:
+                        for limit, offset in windows:
+                            body = await service.page_body(
+                                db, filters=f, sort=sort, limit=limit, offset=offset
+                            )
+                            expected = reference(session, f, sort, limit, offset)
+                            assert json.loads(body) == expected, (f, sort, limit, offset)
+                            checked += len(expected["items"])
+        finally:
+            await db.close()
+        return checked
+
+    assert asyncio.run(compare()) > 1000
+    nan_rows = _nan_page(app)
+    # PostgreSQL sorts NaN above every number, then infinity: both written as null.
+    assert [(r["kind"], r["ap"]) for r in nan_rows] == [
+        ("train", None),
+        ("train", None),
+        ("distill", 30.0),
+        ("evaluate", 5.0),
+    ]
+    assert nan_rows[3]["teacher_job_id"] is None and nan_rows[3]["teacher_mr"] is None
+    distilled = nan_rows[2]
+    assert (distilled["ap50"], distilled["teacher_ap"], distilled["teacher_mr"]) == (
+        None,
+        None,
+        0.3,
+    )
+    assert distilled["delta_ap_vs_baseline"] is None and distilled["baseline_ap"] is None
+    assert distilled["delta_mr_vs_teacher"] == pytest.approx(0.25 - 0.3)
+
+
+def _nan_page(app: FastAPI) -> list[dict[str, Any]]:
+    from api.db.aio import PsycopgDatabase
+
+    async def get() -> bytes:
+        db = PsycopgDatabase(app.state.settings.database_url, sync_engine=app.state.engine)
+        await db.open()
+        try:
+            filters = service.ResultFilters(dataset=NAN_DATASET)
+            return await service.page_body(db, filters=filters, sort="-ap", limit=10)
+        finally:
+            await db.close()
+
+    return json.loads(asyncio.run(get()))["items"]

@@ -28,6 +28,7 @@ from typing import Any, TypeVar, cast
 
 import anyio
 import psycopg
+from psycopg import AsyncRawCursor
 from psycopg.rows import dict_row
 from psycopg.types.json import Json
 from psycopg_pool import AsyncConnectionPool
@@ -107,7 +108,11 @@ class PsycopgDatabase(AsyncDatabase):
     ) -> None:
         super().__init__()
         sa_url = make_url(url)
-        self._dialect: Dialect = sa_url.get_dialect()()
+        # $1, $2 ... placeholders, sent as they are by psycopg's raw cursors: its
+        # default cursors parse every query for %(name)s, and do not cache the
+        # parse of a long one (the leaderboard's is long).
+        dialect_class: Any = sa_url.get_dialect()
+        self._dialect: Dialect = dialect_class(paramstyle="numeric_dollar")
         if self._dialect.name != "postgresql" or self._dialect.driver != "psycopg":
             raise ValueError(f"PsycopgDatabase needs a postgresql+psycopg URL, not {url!r}")
         _, connect_kwargs = self._dialect.create_connect_args(sa_url)
@@ -127,7 +132,7 @@ class PsycopgDatabase(AsyncDatabase):
             open=False,
             name="pgd-api",
         )
-        self._compiled: dict[Executable, Compiled] = {}
+        self._compiled: dict[Executable, tuple[Compiled, tuple[str, ...]]] = {}
         self._sync_engine = sync_engine
 
     async def open(self) -> None:
@@ -136,14 +141,16 @@ class PsycopgDatabase(AsyncDatabase):
     async def close(self) -> None:
         await self._pool.close()
 
-    def _compile(self, statement: Executable) -> Compiled:
-        compiled = self._compiled.get(statement)
-        if compiled is None:
+    def _compile(self, statement: Executable) -> tuple[Compiled, tuple[str, ...]]:
+        """The compiled statement and its parameters' names in $n order."""
+        found = self._compiled.get(statement)
+        if found is None:
             if len(self._compiled) >= 1024:
                 self._compiled.clear()  # only if callers build statements per call
             compiled = statement.compile(dialect=self._dialect)  # type: ignore[attr-defined]
-            self._compiled[statement] = compiled
-        return compiled
+            found = (compiled, tuple(compiled.positiontup or ()))
+            self._compiled[statement] = found
+        return found
 
     @staticmethod
     def _adapt(value: Any) -> Any:
@@ -153,17 +160,16 @@ class PsycopgDatabase(AsyncDatabase):
     async def _run(
         self, statement: Executable, params: Mapping[str, Any] | None, fetch: bool
     ) -> tuple[list[Row], int]:
-        compiled = self._compile(statement)
-        values = {
-            name: self._adapt(value)
-            for name, value in (compiled.construct_params(params) or {}).items()
-        }
+        compiled, names = self._compile(statement)
+        values = compiled.construct_params(params) or {}
+        args = [self._adapt(values[name]) for name in names]
         sql = compiled.string
         self._notify(sql)
         for attempt in (1, 2):
             async with self._pool.connection() as conn:
                 try:
-                    cursor = await conn.execute(sql, values)
+                    cursor = AsyncRawCursor(conn)
+                    await cursor.execute(sql, args)
                     rows = await cursor.fetchall() if fetch else []
                     return cast(list[Row], rows), cursor.rowcount
                 except psycopg.OperationalError as exc:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, Field, field_validator
 
 from api.auth import current_token
 from api.db.models import ApiToken
@@ -67,6 +67,41 @@ def _not_modified(request: Request, etag: str) -> bool:
     return etag in tags or "*" in tags
 
 
+class ResultQuery(BaseModel):
+    """The query parameters of ``GET /results`` (one model: FastAPI validates it in
+    one call, where eight separate parameters cost a third of a cached page)."""
+
+    dataset: str | None = None
+    detector: str | None = None
+    method: str | None = None
+    kind: str | None = None
+    sort: str = Field(
+        service.DEFAULT_SORT,
+        max_length=16,
+        description=f"one of {', '.join(service.SORT_KEYS)}; a leading - sorts descending",
+    )
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0)
+    format: Literal["json", "csv"] | None = Field(
+        None, description="csv exports every matching row (up to 100000), ignoring limit/offset"
+    )
+
+    @field_validator("sort")
+    @classmethod
+    def _known_sort(cls, sort: str) -> str:
+        try:
+            service.parse_sort(sort)
+        except service.InvalidSort as exc:
+            # "sort: ..." names the field (api.problems.field_errors).
+            raise ValueError(str(exc).removeprefix("sort: ")) from None
+        return sort
+
+    def filters(self) -> service.ResultFilters:
+        return service.ResultFilters(
+            dataset=self.dataset, detector=self.detector, method=self.method, kind=self.kind
+        )
+
+
 @router.get(
     "",
     response_model=ResultPage,
@@ -77,17 +112,7 @@ def _not_modified(request: Request, etag: str) -> bool:
 )
 async def list_results(
     request: Request,
-    filters: service.ResultFilters = Depends(),
-    sort: str = Query(
-        service.DEFAULT_SORT,
-        max_length=16,
-        description=f"one of {', '.join(service.SORT_KEYS)}; a leading - sorts descending",
-    ),
-    limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
-    format: Literal["json", "csv"] | None = Query(
-        None, description="csv exports every matching row (up to 100000), ignoring limit/offset"
-    ),
+    query: Annotated[ResultQuery, Query()],
     token: ApiToken = Depends(current_token),
     runtime: Runtime = Depends(get_runtime),
 ) -> Response:
@@ -96,13 +121,8 @@ async def list_results(
     JSON pages carry an ETag that changes whenever any result (or a job with a
     result) changes; a request with that ETag in If-None-Match gets 304 while the
     leaderboard has not changed. Pages are cached per process by that version."""
-    try:
-        service.parse_sort(sort)
-    except service.InvalidSort as exc:
-        # Same shape as other invalid parameters; the "sort: " prefix names the field.
-        error = {"type": "value_error", "loc": ("query",), "msg": str(exc), "input": sort}
-        raise RequestValidationError([error]) from None
-    if _wants_csv(request, format):
+    filters, sort, limit, offset = query.filters(), query.sort, query.limit, query.offset
+    if _wants_csv(request, query.format):
         return StreamingResponse(
             _csv_lines(request, filters, sort),
             media_type="text/csv; charset=utf-8",
@@ -118,14 +138,8 @@ async def list_results(
     cache: service.PageCache = request.app.state.results_cache
     body = cache.get(version, key)
     if body is None:
-        rows, next_offset = await service.list_page_async(
+        body = await service.page_body(
             runtime.db, filters=filters, sort=sort, limit=limit, offset=offset
         )
-        page = ResultPage.model_validate(
-            {"items": rows, "limit": limit, "offset": offset, "next_offset": next_offset}
-        )
-        # Serialised here, once: returning the model would have FastAPI dump it,
-        # validate it again against response_model, then serialise it.
-        body = page.model_dump_json().encode()
         cache.put(version, key, body)
     return Response(body, media_type="application/json", headers=headers)
