@@ -38,7 +38,7 @@ from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.base import Executable
 
-from api.db.session import POOL_SIZE, PREPARE_THRESHOLD, make_engine
+from api.db.session import PREPARE_THRESHOLD, make_engine
 
 log = logging.getLogger("pgd.db")
 
@@ -47,6 +47,10 @@ Row = dict[str, Any]
 StatementListener = Callable[[str], None]
 T = TypeVar("T")
 APPLICATION_NAME = "pgd-api"
+#: Connections of an API process's async pool. A request holds one only while its
+#: statement runs, so ten serve many concurrent requests (the sync routes' pool,
+#: api.db.session, is sized for the thread pool instead).
+ASYNC_POOL_SIZE = 10
 
 
 class AsyncDatabase:
@@ -103,7 +107,7 @@ class PsycopgDatabase(AsyncDatabase):
         url: str,
         *,
         sync_engine: Engine,
-        max_size: int = POOL_SIZE,
+        max_size: int = ASYNC_POOL_SIZE,
         timeout_s: float = 10.0,
     ) -> None:
         super().__init__()

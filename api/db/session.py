@@ -14,7 +14,8 @@ from api.settings import get_settings
 # Connections a process may hold: as many as the threads that run sync routes
 # (anyio's default limiter: 40), so under load no request waits in the pool
 # while holding a thread (with SQLAlchemy's default, 5 + 10 overflow, requests
-# 16 to 40 would). Mind the server's max_connections (PostgreSQL: 100) when
+# 16 to 40 would). The async routes have their own pool (api.db.aio,
+# ASYNC_POOL_SIZE). Mind the server's max_connections (PostgreSQL: 100) when
 # running several API processes.
 POOL_SIZE = 20
 MAX_OVERFLOW = 20
