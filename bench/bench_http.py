@@ -173,6 +173,15 @@ def wrk(
     }
 
 
+def _count_jobs(url: str) -> int:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM jobs")).scalar_one())
+    finally:
+        engine.dispose()
+
+
 def post_script(directory: Path, body: dict, headers: dict[str, str]) -> Path:
     auth = "\n".join(
         f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()
@@ -192,6 +201,16 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--results", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=1, help="repeat every case this often")
+    parser.add_argument(
+        "--only", default="", help="run only the cases whose name contains this text"
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        nargs="*",
+        default=[c for _, c in CONNECTIONS],
+        help="connection counts to run (1, 50)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
@@ -239,6 +258,7 @@ def main() -> None:
             data=json.dumps(spec).encode(),
             headers={**auth, "Content-Type": "application/json"},
         )
+        before = _count_jobs(real_url)
         with urllib.request.urlopen(probe) as response:
             assert response.status == 202, response.status
         item = {"name": "bench-item", "score": 42.0, "tags": ["a", "b"]}
@@ -255,8 +275,11 @@ def main() -> None:
             ),
         )
         rows = []
-        for (threads, connections), _ in itertools.product(CONNECTIONS, range(args.rounds)):
+        runs = [(t, c) for t, c in CONNECTIONS if c in args.clients]
+        for (threads, connections), _ in itertools.product(runs, range(args.rounds)):
             for name, real_target, real_body, headers, base_target, base_body in cases:
+                if args.only not in name:
+                    continue
                 measured = {}
                 for side, target, body, side_headers in (
                     ("real", real_target, real_body, headers),
@@ -272,10 +295,7 @@ def main() -> None:
                     print(f"{name} c={connections} {side}: {measured[side]}", flush=True)
                 rows.append((name, connections, measured["real"], measured["baseline"]))
         queued = broker.llen("cpu") + broker.llen("gpu")
-        engine = make_engine(real_url)
-        with engine.connect() as conn:
-            accepted = conn.execute(text("SELECT count(*) FROM jobs")).scalar_one()
-        engine.dispose()
+        accepted = _count_jobs(real_url) - before  # populate's jobs were never sent
 
     print(
         f"\nwrk {args.duration} s per run; jobs stored {accepted}, messages in the broker "

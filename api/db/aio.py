@@ -76,10 +76,20 @@ class AsyncDatabase:
     async def close(self) -> None:
         """Close every connection."""
 
+    #: The engine of the sync sessions :meth:`run_sync` opens.
+    session_engine: Engine
+
+    async def _run(
+        self, statement: Executable, params: Mapping[str, Any] | None, fetch: bool
+    ) -> tuple[list[Row], int]:
+        """(the rows if ``fetch``, the row count) of one statement in its own transaction."""
+        raise NotImplementedError
+
     async def fetch_all(
         self, statement: Executable, params: Mapping[str, Any] | None = None
     ) -> list[Row]:
-        raise NotImplementedError
+        rows, _ = await self._run(statement, params, True)
+        return rows
 
     async def fetch_one(
         self, statement: Executable, params: Mapping[str, Any] | None = None
@@ -89,12 +99,18 @@ class AsyncDatabase:
 
     async def execute(self, statement: Executable, params: Mapping[str, Any] | None = None) -> int:
         """Run a statement that returns no rows; the number of rows it changed."""
-        raise NotImplementedError
+        _, count = await self._run(statement, params, False)
+        return count
 
     async def run_sync(self, fn: Callable[[Session], T]) -> T:
         """``fn(session)`` in a worker thread with a sync session of the same database
         (closed afterwards; ``fn`` commits what it wants kept)."""
-        raise NotImplementedError
+
+        def call() -> T:
+            with Session(self.session_engine, expire_on_commit=False) as session:
+                return fn(session)
+
+        return await anyio.to_thread.run_sync(call)
 
 
 class PsycopgDatabase(AsyncDatabase):
@@ -137,7 +153,7 @@ class PsycopgDatabase(AsyncDatabase):
             name="pgd-api",
         )
         self._compiled: dict[Executable, tuple[Compiled, tuple[str, ...]]] = {}
-        self._sync_engine = sync_engine
+        self.session_engine = sync_engine
 
     async def open(self) -> None:
         await self._pool.open(wait=False)
@@ -186,23 +202,6 @@ class PsycopgDatabase(AsyncDatabase):
             await self._pool.check()
         raise AssertionError("unreachable")
 
-    async def fetch_all(
-        self, statement: Executable, params: Mapping[str, Any] | None = None
-    ) -> list[Row]:
-        rows, _ = await self._run(statement, params, fetch=True)
-        return rows
-
-    async def execute(self, statement: Executable, params: Mapping[str, Any] | None = None) -> int:
-        _, count = await self._run(statement, params, fetch=False)
-        return count
-
-    async def run_sync(self, fn: Callable[[Session], T]) -> T:
-        def call() -> T:
-            with Session(self._sync_engine, expire_on_commit=False) as session:
-                return fn(session)
-
-        return await anyio.to_thread.run_sync(call)
-
 
 class ThreadedDatabase(AsyncDatabase):
     """Any SQLAlchemy database (SQLite above all): each statement in a worker thread.
@@ -212,7 +211,7 @@ class ThreadedDatabase(AsyncDatabase):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        self.engine = make_engine(url)
+        self.engine = self.session_engine = make_engine(url)
         self.dialect_name = self.engine.dialect.name
         event.listen(self.engine, "before_cursor_execute", self._before_cursor_execute)
 
@@ -222,7 +221,7 @@ class ThreadedDatabase(AsyncDatabase):
     async def close(self) -> None:
         self.engine.dispose()
 
-    def _run(
+    def _run_in_thread(
         self, statement: Executable, params: Mapping[str, Any] | None, fetch: bool
     ) -> tuple[list[Row], int]:
         with self.engine.begin() as conn:
@@ -231,22 +230,10 @@ class ThreadedDatabase(AsyncDatabase):
                 return [dict(row) for row in result.mappings()], 0
             return [], result.rowcount
 
-    async def fetch_all(
-        self, statement: Executable, params: Mapping[str, Any] | None = None
-    ) -> list[Row]:
-        rows, _ = await anyio.to_thread.run_sync(self._run, statement, params, True)
-        return rows
-
-    async def execute(self, statement: Executable, params: Mapping[str, Any] | None = None) -> int:
-        _, count = await anyio.to_thread.run_sync(self._run, statement, params, False)
-        return count
-
-    async def run_sync(self, fn: Callable[[Session], T]) -> T:
-        def call() -> T:
-            with Session(self.engine, expire_on_commit=False) as session:
-                return fn(session)
-
-        return await anyio.to_thread.run_sync(call)
+    async def _run(
+        self, statement: Executable, params: Mapping[str, Any] | None, fetch: bool
+    ) -> tuple[list[Row], int]:
+        return await anyio.to_thread.run_sync(self._run_in_thread, statement, params, fetch)
 
 
 def open_database(url: str, *, sync_engine: Engine, timeout_s: float = 10.0) -> AsyncDatabase:

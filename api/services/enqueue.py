@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -89,6 +90,15 @@ _REPLY_TO = str(uuid.uuid4())
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
+@lru_cache(maxsize=4)
+def _origin_of(pid: int) -> str:
+    return anon_nodename()  # "gen<pid>@<hostname>", as Celery's producer writes it
+
+
+def _origin() -> str:
+    return _origin_of(os.getpid())  # a forked API worker is another origin
+
+
 def is_direct(broker_url: str) -> bool:
     """True when :func:`task_message` is pushed straight onto the broker's queue list."""
     return broker_url.split("://", 1)[0] in DIRECT_SCHEMES
@@ -125,7 +135,7 @@ def task_message(*, job_id: str, attempt: int, task_id: str, queue: str) -> byte
             "parent_id": None,
             "argsrepr": repr(args),
             "kwargsrepr": "{}",
-            "origin": anon_nodename(),
+            "origin": _origin(),
             "ignore_result": None,
             "replaced_task_nesting": 0,
             "stamped_headers": None,

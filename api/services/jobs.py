@@ -338,9 +338,9 @@ _UNSENT = (
 
 @lru_cache(maxsize=4)
 def insert_statement(dialect: str) -> Executable:
-    """``INSERT INTO jobs ... ON CONFLICT DO NOTHING RETURNING id`` with one bound
-    parameter per :func:`job_values` key (``v_<column>``): the row is those values
-    (and ``seq``, which no response shows).
+    """``INSERT INTO jobs ... ON CONFLICT DO NOTHING`` with one bound parameter per
+    :func:`job_values` key (``v_<column>``): the row is those values (and ``seq``,
+    which no response shows); its row count says whether it was stored.
 
     Nothing is looked up first: the unique (owner, idempotency_key) index turns a
     replayed key into no row, and only then is the key's job read. The job id is
@@ -358,7 +358,7 @@ def insert_statement(dialect: str) -> Executable:
         statement = sqlite.insert(_JOBS)
     else:
         raise ValueError(f"unsupported database {dialect!r}: use PostgreSQL or SQLite")
-    return statement.values(values).on_conflict_do_nothing().returning(_JOBS.c.id)
+    return statement.values(values).on_conflict_do_nothing()
 
 
 def _replay(existing: Mapping[str, Any], spec_hash: str) -> Mapping[str, Any]:
@@ -417,7 +417,7 @@ async def create(
     )
     statement = insert_statement(db.dialect_name)
     row: Mapping[str, Any] = values
-    if await db.fetch_one(statement, {f"v_{k}": v for k, v in values.items()}) is None:
+    if await db.execute(statement, {f"v_{k}": v for k, v in values.items()}) == 0:
         # No row: the key was used before, or this is our own INSERT sent twice
         # after a lost connection (the id is ours).
         mine = await db.fetch_one(_JOB_BY_ID, {"job_id": values["id"]})

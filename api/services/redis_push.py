@@ -9,8 +9,9 @@ route's Python. This module speaks the few bits of RESP it needs itself:
   use with AUTH and SELECT from the broker URL (parsed by redis-py, so the URL
   means what it means to the Celery worker's kombu/redis-py) and named
   ``pgd-api`` (CLIENT SETNAME);
-- commands are pipelined: each push writes its command and waits for the next
-  reply in order (Redis answers in order on a connection);
+- commands are pipelined: each push writes its command and waits for its reply,
+  which the connection's protocol hands to the oldest waiting push as the
+  bytes arrive (Redis answers in order on a connection);
 - a reply that does not come within the timeout, or a connection that breaks,
   closes the connection and fails every waiting push; a push that found the
   connection already broken before its reply is sent once more on a new one
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 from redis.connection import SSLConnection, parse_url
 
@@ -42,40 +43,45 @@ def command(*parts: bytes) -> bytes:
     return b"".join(out)
 
 
-class _Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+class _Connection(asyncio.Protocol):
+    """One Redis connection: writes commands, resolves their futures in reply order
+    as the bytes arrive (no reader task, no stream buffering)."""
+
+    def __init__(self) -> None:
         self.waiting: deque[asyncio.Future[bytes]] = deque()
         self.broken: BaseException | None = None
-        self.task = asyncio.get_running_loop().create_task(self._read_replies())
+        self.transport: asyncio.Transport | None = None
+        self._buffer = b""
 
-    async def _read_replies(self) -> None:
-        try:
-            while True:
-                line = await self.reader.readline()
-                if not line.endswith(b"\r\n"):
-                    raise PushError("Redis closed the connection")
-                future = self.waiting.popleft() if self.waiting else None
-                if future is None:
-                    raise PushError(f"unexpected reply from Redis: {line[:80]!r}")
-                if not future.done():
-                    if line[:1] == b"-":
-                        future.set_exception(PushError(line[1:].strip().decode(errors="replace")))
-                    elif line[:1] in (b":", b"+"):
-                        future.set_result(line[1:-2])
-                    else:  # a bulk or array reply: not one of ours
-                        raise PushError(f"unexpected reply from Redis: {line[:80]!r}")
-        except (OSError, asyncio.IncompleteReadError, PushError) as exc:
-            self.fail(exc)
-        except asyncio.CancelledError:
-            self.fail(PushError("connection closed"))
-            raise
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but write alike.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while (end := self._buffer.find(b"\r\n")) >= 0:
+            line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+            kind = line[:1]
+            if not self.waiting or kind not in (b":", b"+", b"-"):
+                # A reply nobody waits for, or a bulk or array reply: not one of ours.
+                self.fail(PushError(f"unexpected reply from Redis: {line[:80]!r}"))
+                return
+            future = self.waiting.popleft()
+            if future.done():  # its push was cancelled: the reply still takes its turn
+                continue
+            if kind == b"-":
+                future.set_exception(PushError(line[1:].strip().decode(errors="replace")))
+            else:
+                future.set_result(line[1:])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(exc or PushError("Redis closed the connection"))
 
     def fail(self, exc: BaseException) -> None:
         if self.broken is None:
             self.broken = exc
-            self.writer.close()
+            if self.transport is not None:
+                self.transport.close()
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -83,17 +89,15 @@ class _Connection:
 
     def send(self, data: bytes) -> asyncio.Future[bytes]:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        if self.broken is not None or self.transport is None:
+            future.set_exception(PushError("connection closed"))
+            return future
         self.waiting.append(future)
-        self.writer.write(data)
+        self.transport.write(data)
         return future
 
-    async def close(self) -> None:
+    def close(self) -> None:
         self.fail(PushError("connection closed"))
-        self.task.cancel()
-        try:
-            await self.task
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
-            pass
 
 
 class RedisListPusher:
@@ -131,14 +135,16 @@ class RedisListPusher:
         async with self._connecting:
             if self._conn is not None and self._conn.broken is None:
                 return self._conn
+            loop = asyncio.get_running_loop()
             async with asyncio.timeout(self.timeout_s):
-                reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.ssl)
-                conn = _Connection(reader, writer)
+                _, conn = await loop.create_connection(
+                    _Connection, self.host, self.port, ssl=self.ssl
+                )
                 try:
                     for setup in self._setup:
                         await conn.send(setup)
                 except BaseException:
-                    await conn.close()
+                    conn.close()
                     raise
             self._conn = conn
             return conn
@@ -166,5 +172,5 @@ class RedisListPusher:
 
     async def close(self) -> None:
         if self._conn is not None:
-            await self._conn.close()
+            self._conn.close()
             self._conn = None
