@@ -41,15 +41,22 @@ _TOKEN_CACHE_MAX = 10_000
 _bearer = HTTPBearer(auto_error=False, description="an API token created with the CLI")
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who calls: a valid token's id, owner and rights (what routes need of it).
+
+    Immutable, so a cached one is handed to every request as it is."""
+
+    token_id: int
+    owner: str
+    is_admin: bool
+    last_used_at: datetime | None
+
+
 @dataclass(frozen=True)
 class _Cached:
     expires: float  # time.monotonic()
-    id: int
-    token_hash: str
-    owner: str
-    is_admin: bool
-    created_at: datetime
-    last_used_at: datetime | None
+    caller: Caller
 
 
 #: (database URL, token hash)
@@ -98,26 +105,20 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def _remember(key: CacheKey, row: ApiToken) -> None:
+def _remember(key: CacheKey, caller: Caller) -> None:
+    """Cache ``caller`` for TOKEN_CACHE_TTL_S (from now: a use does not extend it)."""
     ttl = TOKEN_CACHE_TTL_S
     if ttl <= 0:
         return
-    entry = _Cached(
-        expires=time.monotonic() + ttl,
-        id=row.id,
-        token_hash=row.token_hash,
-        owner=row.owner,
-        is_admin=row.is_admin,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
-    )
     with _cache_lock:
-        if len(_cache) >= _TOKEN_CACHE_MAX:
+        entry = _cache.get(key)
+        expires = entry.expires if entry is not None else time.monotonic() + ttl
+        if entry is None and len(_cache) >= _TOKEN_CACHE_MAX:
             _cache.clear()  # rare (that many tokens in 10 s): start again
-        _cache[key] = entry
+        _cache[key] = _Cached(expires=expires, caller=caller)
 
 
-def _from_cache(key: CacheKey) -> ApiToken | None:
+def _from_cache(key: CacheKey) -> Caller | None:
     entry = _cache.get(key)
     if entry is None:
         return None
@@ -126,16 +127,7 @@ def _from_cache(key: CacheKey) -> ApiToken | None:
             if _cache.get(key) is entry:
                 del _cache[key]
         return None
-    # A detached copy per request: callers may not share one mutable object.
-    return ApiToken(
-        id=entry.id,
-        token_hash=entry.token_hash,
-        owner=entry.owner,
-        is_admin=entry.is_admin,
-        created_at=entry.created_at,
-        last_used_at=entry.last_used_at,
-        revoked_at=None,
-    )
+    return entry.caller
 
 
 _TOKENS = cast(Table, ApiToken.__table__)
@@ -152,8 +144,8 @@ _TOUCH = (
 
 async def current_token(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
-) -> ApiToken:
-    """The caller's token; 401 when it is missing, unknown or revoked.
+) -> Caller:
+    """The caller of a valid token; 401 when it is missing, unknown or revoked.
 
     Runs on the event loop: a cached token costs no query and no thread."""
     if credentials is None:
@@ -161,32 +153,24 @@ async def current_token(
     db = runtime.current(request.app).db
     token_hash = hash_token(credentials.credentials)
     key = (request.app.state.settings.database_url, token_hash)
-    row = _from_cache(key)
-    if row is None:
+    caller = _from_cache(key)
+    if caller is None:
         found = await db.fetch_one(_TOKEN_BY_HASH, {"token_hash": token_hash})
         if found is None or found["revoked_at"] is not None:
             raise _unauthorized("invalid or revoked token")
-        row = ApiToken(**found)
-        _remember(key, row)
-    if await _touch(db, row):
-        _remember_use(key, row.last_used_at)
-    return row
-
-
-def _remember_use(key: CacheKey, last_used_at: datetime | None) -> None:
-    """Keep a cached token's ``last_used_at`` current (not its expiry)."""
-    with _cache_lock:
-        entry = _cache.get(key)
-        if entry is not None:
-            _cache[key] = replace(entry, last_used_at=last_used_at)
-
-
-async def _touch(db: AsyncDatabase, row: ApiToken) -> bool:
-    """Record the use of ``row`` unless it was recorded less than a minute ago (True
-    when it did). One guarded UPDATE, committed on its own."""
+        caller = Caller(found["id"], found["owner"], found["is_admin"], found["last_used_at"])
+        _remember(key, caller)
     now = utcnow()
-    if row.last_used_at is not None and now - row.last_used_at < LAST_USED_RESOLUTION:
-        return False
-    await db.execute(_TOUCH, {"token_id": row.id, "stale": now - LAST_USED_RESOLUTION, "now": now})
-    row.last_used_at = now
-    return True
+    if caller.last_used_at is None or now - caller.last_used_at >= LAST_USED_RESOLUTION:
+        caller = replace(caller, last_used_at=await _touch(db, caller.token_id, now))
+        _remember(key, caller)
+    return caller
+
+
+async def _touch(db: AsyncDatabase, token_id: int, now: datetime) -> datetime:
+    """Record a use of the token at ``now`` unless one was recorded less than a
+    minute before (a concurrent request): one guarded UPDATE, committed on its own."""
+    await db.execute(
+        _TOUCH, {"token_id": token_id, "stale": now - LAST_USED_RESOLUTION, "now": now}
+    )
+    return now

@@ -202,6 +202,13 @@ def main() -> None:
     parser.add_argument("--results", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=1, help="repeat every case this often")
     parser.add_argument(
+        "--baseline-pre-ping",
+        choices=("on", "off"),
+        default="on",
+        help="the baseline's pool pings each connection it hands out (on: as the real "
+        "app's sync pool; off: SQLAlchemy's default)",
+    )
+    parser.add_argument(
         "--only", default="", help="run only the cases whose name contains this text"
     )
     parser.add_argument(
@@ -249,9 +256,11 @@ def main() -> None:
         uncached = stack.enter_context(
             served("api.main:app", {**real_env, "PGD_RESULTS_CACHE_ENTRIES": "0"}, "/healthz")
         )
-        base = stack.enter_context(
-            served("bench.baseline_app:app", {"BASELINE_DATABASE_URL": base_url}, "/docs")
-        )
+        base_env = {
+            "BASELINE_DATABASE_URL": base_url,
+            "BASELINE_PRE_PING": "1" if args.baseline_pre_ping == "on" else "0",
+        }
+        base = stack.enter_context(served("bench.baseline_app:app", base_env, "/docs"))
         spec = get_preset("tiny-fcos-student").model_dump(mode="json")
         probe = urllib.request.Request(
             real + "/jobs",
@@ -298,7 +307,7 @@ def main() -> None:
         accepted = _count_jobs(real_url) - before  # populate's jobs were never sent
 
     print(
-        f"\nwrk {args.duration} s per run; jobs stored {accepted}, messages in the broker "
+        f"\nbaseline pre-ping {args.baseline_pre_ping}; wrk {args.duration} s per run; jobs stored {accepted}, messages in the broker "
         f"queues {queued} ({'every job sent once' if queued == accepted else 'MISMATCH'})"
     )
     print(

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
-from api.auth import current_token
-from api.db.models import ApiToken, Artifact, Job
+from api.auth import Caller, current_token
+from api.db.models import Artifact, Job
 from api.deps import get_app_settings, get_db
 from api.schemas import JobRead
 from api.schemas_job_data import ArtifactRead, MetricSeries
@@ -18,7 +18,7 @@ from api.settings import Settings
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-def _visible_job(job_id: str, token: ApiToken, db_session: Session) -> Job:
+def _visible_job(job_id: str, token: Caller, db_session: Session) -> Job:
     """The job if the caller owns it or is an admin; 404 otherwise (as ``GET /jobs/{id}``)."""
     job = job_service.get(db_session=db_session, job_id=job_id, token=token)
     if job is None:
@@ -29,7 +29,7 @@ def _visible_job(job_id: str, token: ApiToken, db_session: Session) -> Job:
 @router.post("/{job_id}/retry", status_code=202, response_model=JobRead)
 def retry_job(
     job_id: str,
-    token: ApiToken = Depends(current_token),
+    token: Caller = Depends(current_token),
     db_session: Session = Depends(get_db),
     settings: Settings = Depends(get_app_settings),
 ) -> Job:
@@ -47,7 +47,7 @@ def retry_job(
 def job_metrics(
     job_id: str,
     name: list[str] | None = Query(None, max_length=64, description="only these metrics"),
-    token: ApiToken = Depends(current_token),
+    token: Caller = Depends(current_token),
     db_session: Session = Depends(get_db),
 ) -> MetricSeries:
     """The job's metric points as series by name, each ordered by step."""
@@ -59,7 +59,7 @@ def job_metrics(
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactRead])
 def job_artifacts(
     job_id: str,
-    token: ApiToken = Depends(current_token),
+    token: Caller = Depends(current_token),
     db_session: Session = Depends(get_db),
 ) -> list[Artifact]:
     """The files the job produced (checkpoints, plots, logs), by name."""
@@ -75,7 +75,7 @@ def job_artifacts(
 def download_artifact(
     job_id: str,
     name: str,
-    token: ApiToken = Depends(current_token),
+    token: Caller = Depends(current_token),
     db_session: Session = Depends(get_db),
     settings: Settings = Depends(get_app_settings),
 ) -> FileResponse:
@@ -100,7 +100,7 @@ def download_artifact(
 def job_logs(
     job_id: str,
     tail: int = Query(200, ge=1, le=10_000, description="the last this many lines"),
-    token: ApiToken = Depends(current_token),
+    token: Caller = Depends(current_token),
     db_session: Session = Depends(get_db),
     settings: Settings = Depends(get_app_settings),
 ) -> PlainTextResponse:
@@ -125,7 +125,7 @@ def job_events(
     job_id: str,
     request: Request,
     last_event_id: str | None = Header(None, max_length=128),
-    token: ApiToken = Depends(current_token),
+    token: Caller = Depends(current_token),
     db_session: Session = Depends(get_db),
     settings: Settings = Depends(get_app_settings),
 ) -> StreamingResponse:

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic_core import to_json
 from sqlalchemy.orm import Session
 
-from api.auth import current_token
-from api.db.models import ApiToken, Job
-from api.deps import get_app_settings, get_db
+from api import runtime
+from api.auth import Caller, current_token
+from api.db.models import Job
+from api.deps import get_db
 from api.problems import problem
-from api.runtime import Runtime, get_runtime
 from api.schemas import JobCreate, JobPage, JobRead
 from api.services import jobs as service
-from api.settings import Settings
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+_JOB_READ_FIELDS = tuple(JobRead.model_fields)
 
 
 def _found(job: Job | None, job_id: str) -> Job:
@@ -33,11 +34,10 @@ def rejected(exc: service.SpecRejected) -> JSONResponse:
     "", status_code=202, response_model=JobRead, responses={422: {"description": "invalid"}}
 )
 async def create_job(
+    request: Request,
     spec: JobCreate,
     idempotency_key: str | None = Header(None, max_length=128),
-    token: ApiToken = Depends(current_token),
-    runtime: Runtime = Depends(get_runtime),
-    settings: Settings = Depends(get_app_settings),
+    token: Caller = Depends(current_token),
 ) -> Response:
     """Queue a run; the same Idempotency-Key and spec return the same job.
 
@@ -47,8 +47,8 @@ async def create_job(
     to the broker (a broker that is down leaves it queued for the re-sender)."""
     try:
         row, created = await service.create(
-            runtime=runtime,
-            settings=settings,
+            runtime=runtime.current(request.app),
+            settings=request.app.state.settings,
             spec=spec,
             owner=token.owner,
             idempotency_key=idempotency_key,
@@ -57,10 +57,11 @@ async def create_job(
         raise HTTPException(409, str(exc)) from None
     except service.SpecRejected as exc:
         return rejected(exc)
-    # Serialised here, once: returning the row would have FastAPI validate it against
-    # response_model, then validate and serialise that again.
+    # The row holds what JobRead shows, with its types (our own values, or read
+    # back): serialised once, as pydantic would write JobRead, without validating
+    # it twice on the way as FastAPI's response_model would.
     return Response(
-        JobRead.model_validate(row).model_dump_json(),
+        to_json({name: row[name] for name in _JOB_READ_FIELDS}),
         status_code=202 if created else 200,
         headers={"Location": f"/jobs/{row['id']}"},
         media_type="application/json",
@@ -72,7 +73,7 @@ def list_jobs(
     filters: service.JobFilters = Depends(),
     limit: int = Query(20, ge=1, le=200),
     cursor: str | None = Query(None, max_length=64),
-    token: ApiToken = Depends(current_token),
+    token: Caller = Depends(current_token),
     db_session: Session = Depends(get_db),
 ) -> JobPage:
     """Jobs visible to the caller, newest first, with filters and cursor pagination."""
@@ -88,7 +89,7 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobRead)
 def get_job(
     job_id: str,
-    token: ApiToken = Depends(current_token),
+    token: Caller = Depends(current_token),
     db_session: Session = Depends(get_db),
 ) -> Job:
     """One job (404 if it does not exist or belongs to another owner)."""
@@ -98,7 +99,7 @@ def get_job(
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobRead)
 def cancel_job(
     job_id: str,
-    token: ApiToken = Depends(current_token),
+    token: Caller = Depends(current_token),
     db_session: Session = Depends(get_db),
 ) -> Job:
     """Cancel a queued job at once, or ask a running one to stop; 409 once it has finished."""

@@ -18,9 +18,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 
-from api.auth import current_token
-from api.db.models import ApiToken
-from api.runtime import Runtime, get_runtime
+from api import runtime
+from api.auth import Caller, current_token
 from api.schemas import ResultPage, ResultRow
 from api.services import results as service
 
@@ -113,8 +112,7 @@ class ResultQuery(BaseModel):
 async def list_results(
     request: Request,
     query: Annotated[ResultQuery, Query()],
-    token: ApiToken = Depends(current_token),
-    runtime: Runtime = Depends(get_runtime),
+    token: Caller = Depends(current_token),
 ) -> Response:
     """Evaluation results with filters and sorting; distilled rows carry teacher/baseline deltas.
 
@@ -128,8 +126,9 @@ async def list_results(
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="results.csv"'},
         )
+    db = runtime.current(request.app).db
     # The version first: the page read after it holds every change up to it.
-    version = await service.leaderboard_version(runtime.db)
+    version = await service.leaderboard_version(db)
     key = service.page_key(filters, sort, limit, offset)
     etag = service.page_etag(version, key)
     headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
@@ -138,8 +137,6 @@ async def list_results(
     cache: service.PageCache = request.app.state.results_cache
     body = cache.get(version, key)
     if body is None:
-        body = await service.page_body(
-            runtime.db, filters=filters, sort=sort, limit=limit, offset=offset
-        )
+        body = await service.page_body(db, filters=filters, sort=sort, limit=limit, offset=offset)
         cache.put(version, key, body)
     return Response(body, media_type="application/json", headers=headers)

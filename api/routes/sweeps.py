@@ -6,8 +6,7 @@ from fastapi import APIRouter, Depends, HTTPException, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
-from api.auth import current_token
-from api.db.models import ApiToken
+from api.auth import Caller, current_token
 from api.deps import get_app_settings, get_db
 from api.problems import field_errors, problem
 from api.schemas_sweeps import SweepCreate, SweepCreated, SweepRead
@@ -23,7 +22,7 @@ router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 def create_sweep(
     body: SweepCreate,
     response: Response,
-    token: ApiToken = Depends(current_token),
+    token: Caller = Depends(current_token),
     db_session: Session = Depends(get_db),
     settings: Settings = Depends(get_app_settings),
 ) -> SweepCreated | JSONResponse:
@@ -48,7 +47,7 @@ def create_sweep(
 @router.get("/{sweep_id}", response_model=SweepRead)
 def get_sweep(
     sweep_id: str,
-    token: ApiToken = Depends(current_token),
+    token: Caller = Depends(current_token),
     db_session: Session = Depends(get_db),
 ) -> SweepRead:
     """Job counts per state and mean progress (404 if missing or another owner's)."""

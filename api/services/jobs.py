@@ -21,8 +21,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.base import Executable
 
+from api.auth import Caller
 from api.db.aio import AsyncDatabase
-from api.db.models import ApiToken, Job
+from api.db.models import Job
 from api.db.types import rowcount, utcnow
 from api.runtime import Runtime
 from api.services import enqueue
@@ -131,7 +132,9 @@ class RefChecker:
     data_root: Path
     weights_root: Path
     load_job: Callable[[str], JobRef | None]
-    _datasets: dict[str, DatasetInfo | str] = field(default_factory=dict)
+    #: Dataset answers (:func:`dataset_info`) by name, filled as they are read; the
+    #: caller may pass those it already has.
+    datasets: dict[str, DatasetInfo | str] = field(default_factory=dict)
     _jobs: dict[str, JobRef | None] = field(default_factory=dict)
 
     @classmethod
@@ -162,9 +165,9 @@ class RefChecker:
 
     def _dataset(self, name: str) -> DatasetInfo | str:
         """The registered dataset, or why it cannot be used (no server paths in it)."""
-        if name not in self._datasets:
-            self._datasets[name] = dataset_info(self.data_root, name)
-        return self._datasets[name]
+        if name not in self.datasets:
+            self.datasets[name] = dataset_info(self.data_root, name)
+        return self.datasets[name]
 
     def _dataset_errors(self, spec: RunSpec) -> list[dict[str, str]]:
         info = self._dataset(spec.dataset.name)
@@ -239,11 +242,11 @@ class JobFilters:
     method: str | None = None
 
 
-def _visible(token: ApiToken) -> ColumnElement[bool]:
+def _visible(token: Caller) -> ColumnElement[bool]:
     return true() if token.is_admin else Job.owner == token.owner
 
 
-def get(*, db_session: Session, job_id: str, token: ApiToken) -> Job | None:
+def get(*, db_session: Session, job_id: str, token: Caller) -> Job | None:
     """The job, or None when it does not exist or belongs to someone else (non-admin)."""
     return db_session.scalar(select(Job).where(Job.id == job_id, _visible(token)))
 
@@ -390,11 +393,13 @@ async def create(
     """
     db = runtime.db
     spec_hash = spec.spec_hash()
-    if cached_dataset_info(settings.data_root, spec.dataset.name) is None:
+    name = spec.dataset.name
+    info = cached_dataset_info(settings.data_root, name)
+    if info is None:
         # Reading a manifest is file I/O: not on the event loop.
-        await anyio.to_thread.run_sync(dataset_info, settings.data_root, spec.dataset.name)
+        info = await anyio.to_thread.run_sync(dataset_info, settings.data_root, name)
     jobs = await referenced_jobs(db, spec)
-    checker = RefChecker(settings.data_root, settings.weights_root, jobs.get)
+    checker = RefChecker(settings.data_root, settings.weights_root, jobs.get, datasets={name: info})
     try:
         teacher_job_id = checker.check(spec)
     except SpecRejected:
@@ -458,7 +463,7 @@ def decode_cursor(cursor: str) -> int:
 def list_page(
     *,
     db_session: Session,
-    token: ApiToken,
+    token: Caller,
     filters: JobFilters,
     limit: int,
     cursor: str | None = None,

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from api.db.models import JOB_STATES, ApiToken, Job, Sweep
+from api.auth import Caller
+from api.db.models import JOB_STATES, Job, Sweep
 from api.services import enqueue
 from api.services.jobs import RefChecker, SpecRejected, new_job
 from api.settings import Settings
@@ -121,7 +122,7 @@ def send_all(db_session: Session, settings: Settings, jobs: list[Job]) -> None:
         return
 
 
-def get(*, db_session: Session, sweep_id: str, token: ApiToken) -> Sweep | None:
+def get(*, db_session: Session, sweep_id: str, token: Caller) -> Sweep | None:
     """The sweep, or None when missing or owned by someone else (non-admin)."""
     query = select(Sweep).where(Sweep.id == sweep_id)
     if not token.is_admin:
