@@ -307,8 +307,9 @@ def main() -> None:
         accepted = _count_jobs(real_url) - before  # populate's jobs were never sent
 
     print(
-        f"\nbaseline pre-ping {args.baseline_pre_ping}; wrk {args.duration} s per run; jobs stored {accepted}, messages in the broker "
-        f"queues {queued} ({'every job sent once' if queued == accepted else 'MISMATCH'})"
+        f"\nbaseline pre-ping {args.baseline_pre_ping}; wrk {args.duration} s per run; "
+        f"jobs stored {accepted}, messages in the broker queues {queued} "
+        f"({'every job sent once' if queued == accepted else 'MISMATCH'})"
     )
     print(
         "| route | clients | real req/s | baseline req/s | real/baseline | real p50 (ms) "
