@@ -3,10 +3,13 @@
 Creates a throwaway schema in the ``test`` database, migrates it to head with
 Alembic, bulk-inserts jobs (teachers, no-KD student baselines, distillations
 with every method, a few evaluations and failed runs) each with an eval result,
-runs ANALYZE, then times ``api.services.results.list_page`` and the HTTP route
-(in-process through httpx, auth included) for several filter/sort combinations.
-Prints p50/p99 per combination, EXPLAIN ANALYZE of the main query, and drops
-the schema at the end. Goal: the first page under 20 ms for a single client.
+runs ANALYZE, then times, for several filter/sort combinations: the Python page
+(``api.services.results.list_page``, the SQLite path and the CSV export's), the
+page JSON the route computes on PostgreSQL (``page_body`` on the async pool),
+and the HTTP route (in-process through httpx, auth included) with its page
+cache off (every page computed) and on (the same page again). Prints p50/p99
+per combination, EXPLAIN ANALYZE of the main query, and drops the schema at the
+end. Goal: the first page under 20 ms for a single client.
 
     python bench/bench_leaderboard.py [--results 100000] [--runs 200] [--limit 50]
 """
@@ -14,6 +17,7 @@ the schema at the end. Goal: the first page under 20 ms for a single client.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import random
@@ -244,6 +248,7 @@ def main() -> None:
     from fastapi.testclient import TestClient
 
     from api.auth import create_token
+    from api.db.aio import PsycopgDatabase
     from api.main import create_app
     from api.settings import Settings
 
@@ -263,12 +268,19 @@ def main() -> None:
             session.commit()
         headers = {"Authorization": f"Bearer {token}"}
 
+        # The route's PostgreSQL path outside HTTP: page_body on the async pool.
+        loop = asyncio.new_event_loop()
+        db = PsycopgDatabase(url, sync_engine=app.state.engine)
+        loop.run_until_complete(db.open())
+        cache = app.state.results_cache
+
         print(f"\nfirst page (limit {args.limit}), {args.runs} runs each, times in ms")
         print(
             "| filters, sort | rows | distilled | with baseline | service p50 | service p99 "
-            "| HTTP p50 | HTTP p99 |"
+            "| page JSON p50 | page JSON p99 | HTTP p50 | HTTP p99 | HTTP cached p50 "
+            "| HTTP cached p99 |"
         )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         with TestClient(app) as client:
             for label, values, sort in CASES:
                 filters = service.ResultFilters(**values)
@@ -284,7 +296,14 @@ def main() -> None:
                 distilled = sum(1 for r in rows if r["teacher_job_id"] is not None)
                 with_baseline = sum(1 for r in rows if r["baseline_job_id"] is not None)
                 s50, s99 = time_runs(call, args.runs)
-                h50 = h99 = float("nan")
+
+                def body(filters: service.ResultFilters = filters, sort: str = sort) -> bytes:
+                    return loop.run_until_complete(
+                        service.page_body(db, filters=filters, sort=sort, limit=args.limit)
+                    )
+
+                j50, j99 = time_runs(body, args.runs)
+                h50 = h99 = c50 = c99 = float("nan")
                 if not args.no_http:
                     params = {**values, "sort": sort, "limit": args.limit}
 
@@ -292,14 +311,20 @@ def main() -> None:
                         response = client.get("/results", params=params, headers=headers)
                         assert response.status_code == 200, response.text
 
+                    cache.entries = 0  # every page computed
                     h50, h99 = time_runs(get, args.runs)
+                    cache.entries = 256  # the default: the same page again is cached
+                    c50, c99 = time_runs(get, args.runs)
                 print(
                     f"| {label} | {len(rows)} | {distilled} | {with_baseline} | {s50:.2f} "
-                    f"| {s99:.2f} | {h50:.2f} | {h99:.2f} |"
+                    f"| {s99:.2f} | {j50:.2f} | {j99:.2f} | {h50:.2f} | {h99:.2f} "
+                    f"| {c50:.2f} | {c99:.2f} |"
                 )
         for label, values, sort in (CASES[1], CASES[3]):
             print(f"\nEXPLAIN ANALYZE, {label}:")
             print(explain(engine, service.ResultFilters(**values), sort, args.limit))
+        loop.run_until_complete(db.close())
+        loop.close()
         app.state.engine.dispose()
         engine.dispose()
 

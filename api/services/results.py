@@ -437,7 +437,7 @@ def list_page(
     dialect = db_session.get_bind().dialect.name
     query = page_statement(dialect, filters, sort)
     parameters = page_parameters(filters, limit=limit + 1, offset=offset)
-    fetched = [dict(r) for r in db_session.execute(query, parameters).mappings()]
+    fetched = list(db_session.execute(query, parameters).mappings())
     if dialect == "postgresql":
         # The LATERAL joins only find baselines for distilled rows.
         baselines: Sequence[Row | None] = [_pg_baseline(r) for r in fetched[:limit]]
