@@ -53,23 +53,8 @@ def _set_last_used(app: FastAPI, headers: dict[str, str], value: datetime) -> No
         session.commit()
 
 
-class _Updates:
-    """Counts the UPDATEs of api_tokens the app sends (db_helpers.sent_statements)."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self._watch = sent_statements(app)
-        self._seen: list[str] = []
-
-    @property
-    def count(self) -> int:
-        return sum(s.startswith("UPDATE API_TOKENS") for s in self._seen)
-
-    def __enter__(self) -> _Updates:
-        self._seen = self._watch.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._watch.__exit__(None, None, None)
+def _token_updates(seen: list[str]) -> int:
+    return sum(s.startswith("UPDATE API_TOKENS") for s in seen)
 
 
 def _use(client: httpx.Client, headers: dict[str, str]) -> None:
@@ -90,10 +75,10 @@ def test_second_use_within_a_minute_writes_nothing(app: FastAPI, client: httpx.C
     headers = bearer(app, f"user-{uuid.uuid4().hex[:8]}")
     _use(client, headers)
     first = _last_used(app, headers)
-    with _Updates(app) as updates:
+    with sent_statements(app) as seen:
         _use(client, headers)
         _use(client, headers)
-    assert updates.count == 0
+    assert _token_updates(seen) == 0
     assert _last_used(app, headers) == first
 
 
@@ -101,9 +86,9 @@ def test_use_after_a_minute_rewrites_it(app: FastAPI, client: httpx.Client) -> N
     headers = bearer(app, f"user-{uuid.uuid4().hex[:8]}")
     old = datetime.now(UTC) - timedelta(minutes=2)
     _set_last_used(app, headers, old)
-    with _Updates(app) as updates:
+    with sent_statements(app) as seen:
         _use(client, headers)
-    assert updates.count == 1
+    assert _token_updates(seen) == 1
     assert _last_used(app, headers) > old + timedelta(minutes=1)
 
 
@@ -111,13 +96,13 @@ def test_recent_use_is_not_rewritten(app: FastAPI, client: httpx.Client) -> None
     headers = bearer(app, f"user-{uuid.uuid4().hex[:8]}")
     recent = datetime.now(UTC) - timedelta(seconds=30)
     _set_last_used(app, headers, recent)
-    with _Updates(app) as updates:
+    with sent_statements(app) as seen:
         _use(client, headers)
-    assert updates.count == 0
+    assert _token_updates(seen) == 0
     assert _last_used(app, headers) == recent
 
 
 def test_rejected_token_writes_nothing(app: FastAPI, client: httpx.Client) -> None:
-    with _Updates(app) as updates:
+    with sent_statements(app) as seen:
         response = client.get("/results", headers={"Authorization": "Bearer pgd_nope"})
-    assert response.status_code == 401 and updates.count == 0
+    assert response.status_code == 401 and _token_updates(seen) == 0

@@ -40,22 +40,8 @@ def client(app: FastAPI) -> Iterator[httpx.Client]:
         yield http
 
 
-class _Statements:
-    """The SQL statements the app sends while active (db_helpers.sent_statements)."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self._watch = sent_statements(app)
-        self.seen: list[str] = []
-
-    def __enter__(self) -> _Statements:
-        self.seen = self._watch.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._watch.__exit__(None, None, None)
-
-    def selects_from(self, table: str) -> list[str]:
-        return [s for s in self.seen if s.startswith("SELECT") and f"FROM {table.upper()}" in s]
+def _selects_from(seen: list[str], table: str) -> list[str]:
+    return [s for s in seen if s.startswith("SELECT") and f"FROM {table.upper()}" in s]
 
 
 def _spec(**changes: object) -> dict[str, object]:
@@ -71,9 +57,9 @@ def _headers(app: FastAPI) -> dict[str, str]:
 def test_cached_token_is_not_read_again(app: FastAPI, client: httpx.Client) -> None:
     headers = _headers(app)
     assert client.get("/results", headers=headers).status_code == 200
-    with _Statements(app) as statements:
+    with sent_statements(app) as seen:
         assert client.get("/results", headers=headers).status_code == 200
-    assert statements.selects_from("api_tokens") == []
+    assert _selects_from(seen, "api_tokens") == []
 
 
 def test_revoked_token_is_refused_after_the_ttl(
@@ -103,9 +89,9 @@ def test_token_cache_can_be_disabled(
     monkeypatch.setattr(api.auth, "TOKEN_CACHE_TTL_S", 0)
     headers = _headers(app)
     assert client.get("/results", headers=headers).status_code == 200
-    with _Statements(app) as statements:
+    with sent_statements(app) as seen:
         assert client.get("/results", headers=headers).status_code == 200
-    assert len(statements.selects_from("api_tokens")) == 1
+    assert len(_selects_from(seen, "api_tokens")) == 1
 
 
 @pytest.mark.parametrize("key", [None, "fresh"])
@@ -116,11 +102,11 @@ def test_new_job_sends_no_lookup_before_its_insert(
     client.get("/results", headers=headers)  # the token is cached
     if key is not None:
         headers["Idempotency-Key"] = f"{key}-{uuid.uuid4().hex}"
-    with _Statements(app) as statements:
+    with sent_statements(app) as seen:
         response = client.post("/jobs", json=_spec(), headers=headers)
     assert response.status_code == 202, response.text
-    assert statements.selects_from("jobs") == []
-    assert sum(s.startswith("INSERT INTO JOBS") for s in statements.seen) == 1
+    assert _selects_from(seen, "jobs") == []
+    assert sum(s.startswith("INSERT INTO JOBS") for s in seen) == 1
     body = response.json()
     assert response.headers["location"] == f"/jobs/{body['id']}"
     assert client.get(f"/jobs/{body['id']}", headers=headers).json() == body
@@ -189,11 +175,11 @@ def test_a_repeated_page_reads_only_the_leaderboard_version(
 ) -> None:
     headers = _headers(app)
     first = client.get("/results?limit=7", headers=headers)  # the token and the page cached
-    with _Statements(app) as statements:
+    with sent_statements(app) as seen:
         again = client.get("/results?limit=7", headers=headers)
     assert again.status_code == 200 and again.content == first.content
-    assert len(statements.seen) == 1, statements.seen
-    assert statements.selects_from("leaderboard_version") == statements.seen
+    assert len(seen) == 1, seen
+    assert _selects_from(seen, "leaderboard_version") == seen
 
 
 def test_job_values_name_every_column_but_seq() -> None:
