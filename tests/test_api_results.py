@@ -465,7 +465,6 @@ def test_server_written_pages_equal_the_python_ones(app: FastAPI, odd_values: No
     Every sort key in both directions, several filters, limits and offsets."""
     if app.state.engine.dialect.name != "postgresql":
         pytest.skip("SQLite pages are the Python ones")
-    from api.db.aio import PsycopgDatabase
     from api.schemas import ResultPage
 
     filters = [
@@ -489,26 +488,21 @@ def test_server_written_pages_equal_the_python_ones(app: FastAPI, odd_values: No
         page = {"items": rows, "limit": limit, "offset": offset, "next_offset": next_offset}
         return json.loads(ResultPage.model_validate(page).model_dump_json())
 
-    async def compare() -> int:
-        db = PsycopgDatabase(app.state.settings.database_url, sync_engine=app.state.engine)
-        await db.open()
+    async def compare(db: Any) -> int:
         checked = 0
-        try:
-            with app.state.session_factory() as session:
-                for f in filters:
-                    for sort in sorts:
-                        for limit, offset in windows:
-                            body = await service.page_body(
-                                db, filters=f, sort=sort, limit=limit, offset=offset
-                            )
-                            expected = reference(session, f, sort, limit, offset)
-                            assert json.loads(body) == expected, (f, sort, limit, offset)
-                            checked += len(expected["items"])
-        finally:
-            await db.close()
+        with app.state.session_factory() as session:
+            for f in filters:
+                for sort in sorts:
+                    for limit, offset in windows:
+                        body = await service.page_body(
+                            db, filters=f, sort=sort, limit=limit, offset=offset
+                        )
+                        expected = reference(session, f, sort, limit, offset)
+                        assert json.loads(body) == expected, (f, sort, limit, offset)
+                        checked += len(expected["items"])
         return checked
 
-    assert asyncio.run(compare()) > 1000
+    assert _on_async_pool(app, compare) > 1000
     nan_rows = _nan_page(app)
     # PostgreSQL sorts NaN above every number, then infinity: both written as null.
     assert [(r["kind"], r["ap"]) for r in nan_rows] == [
@@ -528,16 +522,24 @@ def test_server_written_pages_equal_the_python_ones(app: FastAPI, odd_values: No
     assert distilled["delta_mr_vs_teacher"] == pytest.approx(0.25 - 0.3)
 
 
-def _nan_page(app: FastAPI) -> list[dict[str, Any]]:
+def _on_async_pool(app: FastAPI, body: Any) -> Any:
+    """``await body(db)`` with a PsycopgDatabase of the app's database, on a new loop."""
     from api.db.aio import PsycopgDatabase
 
-    async def get() -> bytes:
+    async def run() -> Any:
         db = PsycopgDatabase(app.state.settings.database_url, sync_engine=app.state.engine)
         await db.open()
         try:
-            filters = service.ResultFilters(dataset=NAN_DATASET)
-            return await service.page_body(db, filters=filters, sort="-ap", limit=10)
+            return await body(db)
         finally:
             await db.close()
 
-    return json.loads(asyncio.run(get()))["items"]
+    return asyncio.run(run())
+
+
+def _nan_page(app: FastAPI) -> list[dict[str, Any]]:
+    filters = service.ResultFilters(dataset=NAN_DATASET)
+    body = _on_async_pool(
+        app, lambda db: service.page_body(db, filters=filters, sort="-ap", limit=10)
+    )
+    return json.loads(body)["items"]

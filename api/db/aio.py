@@ -9,10 +9,11 @@ api.runtime), opened and closed by the app's lifespan:
   no COMMIT: the SQLAlchemy sync path pays four (pre-ping, BEGIN, the statement,
   COMMIT) and a trip to the thread pool. The statements are SQLAlchemy Core
   objects compiled once for the psycopg dialect, so the schema keeps one
-  definition (api.db.models). A connection the server has closed (a restart,
-  ``pg_terminate_backend``) fails once, is dropped by the pool, and the statement
-  is sent again on a fresh connection: only statements that are safe to repeat
-  go through here (reads, guarded UPDATEs, the job INSERT with ON CONFLICT).
+  definition (api.db.models). When the server has closed the connection a
+  statement was sent on (a restart, ``pg_terminate_backend``), the pool's idle
+  connections are checked (the dead dropped) and the statement is sent once more:
+  only statements that are safe to repeat go through here (reads, guarded
+  UPDATEs, the job INSERT with ON CONFLICT).
 - Anything else (SQLite, the embedded default): :class:`ThreadedDatabase`, the
   same statements on a SQLAlchemy engine in a worker thread.
 

@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from api.db.types import BigIntPK, UTCDateTime, utcnow
 
@@ -145,13 +146,17 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+def next_job_seq() -> ScalarSelect[int]:
+    """``seq`` of a new job where the database has no identity columns (SQLite: only
+    the rowid, which Job's UUID key is not). Its writers are serialised, so max + 1
+    inside the INSERT is safe there; PostgreSQL uses the identity column instead."""
+    return select(func.coalesce(func.max(Job.seq), 0) + 1).scalar_subquery()
+
+
 @event.listens_for(Job, "before_insert")
 def _number_job_without_identity(mapper: Mapper[Job], connection: Connection, job: Job) -> None:
-    # SQLite has no identity columns (only the rowid, which Job's UUID key is
-    # not). Its writers are serialised, so max + 1 inside the INSERT is safe
-    # there; PostgreSQL uses the identity column instead.
     if job.seq is None and not connection.dialect.supports_identity_columns:
-        job.seq = select(func.coalesce(func.max(Job.seq), 0) + 1).scalar_subquery()
+        job.seq = next_job_seq()
 
 
 class MetricPoint(Base):

@@ -16,14 +16,14 @@ from typing import Any, cast
 
 import anyio
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, Table, bindparam, case, func, select, true, update
+from sqlalchemy import ColumnElement, Table, bindparam, case, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.base import Executable
 
 from api.auth import Caller
 from api.db.aio import AsyncDatabase
-from api.db.models import Job
+from api.db.models import Job, next_job_seq
 from api.db.types import rowcount, utcnow
 from api.runtime import Runtime
 from api.services import enqueue
@@ -356,8 +356,7 @@ def insert_statement(dialect: str) -> Executable:
     if dialect == "postgresql":
         statement: Any = postgresql.insert(_JOBS)
     elif dialect == "sqlite":
-        # No identity columns: writers are serialised, so max + 1 in the INSERT is safe.
-        values["seq"] = select(func.coalesce(func.max(_JOBS.c.seq), 0) + 1).scalar_subquery()
+        values["seq"] = next_job_seq()
         statement = sqlite.insert(_JOBS)
     else:
         raise ValueError(f"unsupported database {dialect!r}: use PostgreSQL or SQLite")
