@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -62,15 +63,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     def progress(it: int, total: int) -> None:
         print(f"\r[{spec.kind} {spec.detector}] iteration {it}/{total}", end="", file=sys.stderr)
 
-    result = run_spec(
-        spec,
-        args.work_dir,
-        data_root=args.data_root,
-        weights_root=args.weights_root,
-        teacher_checkpoint=args.teacher_checkpoint,
-        checkpoint=args.checkpoint,
-        callbacks=RunCallbacks(on_progress=progress),
-    )
+    # stdout carries the result's JSON alone (``pgd run ... | jq``): mmengine's
+    # logger and pycocotools print to stdout, so the run's chatter goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run_spec(
+            spec,
+            args.work_dir,
+            data_root=args.data_root,
+            weights_root=args.weights_root,
+            teacher_checkpoint=args.teacher_checkpoint,
+            checkpoint=args.checkpoint,
+            callbacks=RunCallbacks(on_progress=progress),
+        )
     print(file=sys.stderr)
     print(
         json.dumps(

@@ -67,11 +67,15 @@ class PGDCocoMetric(_PlottingMetric):
         return self._ids_by_name[self.dataset_meta["classes"][label]]
 
     def process(self, data_batch: Any, data_samples: list[dict[str, Any]]) -> None:
+        # One entry per image, never per detection: mmengine's evaluate(size)
+        # keeps the first ``size`` (= number of images) entries of the gathered
+        # results, to drop the samples a distributed sampler repeated.
         for sample in data_samples:
-            self.results.extend(_detections(sample, self._category_of))
+            self.results.append(_detections(sample, self._category_of))
 
     def compute_metrics(self, results: list) -> dict[str, float]:
-        evaluation = coco_evaluate(self.ann_file, results)
+        detections = [d for per_image in results for d in per_image]
+        evaluation = coco_evaluate(self.ann_file, detections)
         if self.plot_dir:
             plot_coco_pr(evaluation, self.plot_dir / COCO_PLOT)
         return dict(evaluation.metrics)
@@ -82,6 +86,7 @@ class PGDCrowdHumanMetric(_PlottingMetric):
     """CrowdHuman MR^-2, AP and JI in percent (boxes clipped to each image)."""
 
     def process(self, data_batch: Any, data_samples: list[dict[str, Any]]) -> None:
+        # One entry per image, as mmengine's evaluate(size) expects (see above).
         for sample in data_samples:
             height, width = sample["ori_shape"][:2]
             self.results.append(

@@ -23,3 +23,15 @@ def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook
 @pytest.fixture(params=DETECTORS)
 def detector(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+# Session-wide trained tiny models for the end-to-end checks of reported numbers.
+from trained_models import (  # noqa: E402, F401
+    cli_distilled,
+    crowd,
+    crowd_run,
+    library_run,
+    oracle_data,
+    service_runs,
+    shapes,
+)

@@ -198,12 +198,21 @@ class Stack:
 
 
 @contextmanager
-def stack(backend: str, broker_url: str, tmp_path: Path, **overrides: Any) -> Iterator[Stack]:
-    """Migrated database of ``backend``, a registered 'shapes' dataset, and settings."""
+def stack(
+    backend: str,
+    broker_url: str,
+    tmp_path: Path,
+    *,
+    data_root: Path | None = None,
+    **overrides: Any,
+) -> Iterator[Stack]:
+    """Migrated database of ``backend``, a registered 'shapes' dataset (a tiny new
+    one unless ``data_root`` holds the datasets to use), and settings."""
     for url in database_url_for(backend, tmp_path):
         command.upgrade(alembic_config(url), "head")
-        data_root = tmp_path / "data"
-        make_coco_shapes(data_root, "shapes", num_train=8, num_val=4)
+        if data_root is None:
+            data_root = tmp_path / "data"
+            make_coco_shapes(data_root, "shapes", num_train=8, num_val=4)
         values = dict(FAST)
         values.update(overrides)
         settings = Settings(

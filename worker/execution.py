@@ -28,6 +28,7 @@ from worker.reporting import LostOwnership, Reporter, forget_steps_after
 log = logging.getLogger("pgd.worker")
 
 _ITER = re.compile(r"iter_(\d+)\.pth$")
+_DUMPED_CONFIG = re.compile(r"\d{8}_\d{6}\.py")
 
 
 class JobInputError(Exception):
@@ -130,14 +131,21 @@ def _log_file(work_dir: Path) -> Path | None:
     return logs[-1] if logs else None
 
 
+def _config_file(work_dir: Path) -> Path | None:
+    """The mmengine config the run's Runner dumped (``<timestamp>.py``): with the
+    checkpoint, what mmdet's own tools need to rebuild and test the model."""
+    configs = sorted(p for p in work_dir.glob("*.py") if _DUMPED_CONFIG.fullmatch(p.name))
+    return configs[-1] if configs else None
+
+
 def _artifacts(result: Any, work_dir: Path) -> list[tuple[str, str, Path]]:
     found: list[tuple[str, str, Path]] = []
     if result.checkpoint is not None:
         found.append(("checkpoint", "checkpoint", Path(result.checkpoint)))
     found.extend((f"plots/{p.name}", "plot", Path(p)) for p in result.plots)
-    log_file = _log_file(work_dir)
-    if log_file is not None:
-        found.append(("log", "log", log_file))
+    for name, path in (("log", _log_file(work_dir)), ("config", _config_file(work_dir))):
+        if path is not None:
+            found.append((name, name, path))
     return found
 
 

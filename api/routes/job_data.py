@@ -68,7 +68,8 @@ def job_artifacts(
 
 
 @router.get(
-    "/{job_id}/artifacts/{name}",
+    # :path, since plot artifacts are named "plots/<file>".
+    "/{job_id}/artifacts/{name:path}",
     response_class=FileResponse,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
@@ -89,7 +90,7 @@ def download_artifact(
         raise HTTPException(403, str(exc)) from None
     if path is None:
         raise HTTPException(404, f"artifact {name} of job {job_id} not found")
-    return FileResponse(path, filename=name)
+    return FileResponse(path, filename=path.name)
 
 
 @router.get(

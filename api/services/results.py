@@ -571,9 +571,10 @@ def iter_rows(
 
 
 def csv_value(value: Any) -> Any:
-    """A cell: ISO timestamps, empty for missing values."""
+    """A cell: ISO timestamps written as the JSON rows write them (UTC as ``Z``),
+    empty for missing values."""
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return value.isoformat()
+        return value.isoformat().replace("+00:00", "Z")
     return value

@@ -21,7 +21,6 @@ import gc
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ from typing import Any
 
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
+
+from pgd_core.evaluation.png import save_png_atomic
 
 __all__ = [
     "METRIC_KEYS",
@@ -520,7 +521,7 @@ def plot_coco_pr(evaluation: CocoEvaluation, path: str | os.PathLike) -> Path:
             title_fontsize=8.5,
         )
     fig.tight_layout()
-    _save_atomic(fig, target)
+    save_png_atomic(fig, target)
     return target
 
 
@@ -531,17 +532,3 @@ def _threshold_colors(count: int) -> list:
     cmap = colormaps["viridis"]
     # Stop short of viridis' pale yellow end, which is hard to see on white.
     return [cmap(0.85 * i / max(count - 1, 1)) for i in range(count)]
-
-
-def _save_atomic(fig: Any, target: Path) -> None:
-    """Save ``fig`` as PNG via temp file + ``os.replace``; the temp file is removed on failure."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            # Drop the version-stamped "Software" chunk so identical input gives identical bytes.
-            fig.savefig(handle, format="png", metadata={"Software": None})
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise

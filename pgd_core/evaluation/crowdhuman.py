@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -61,6 +60,7 @@ import numpy as np
 
 from pgd_core.crowdhuman import OdgtRecord, read_odgt
 from pgd_core.evaluation.coco import EvaluationError
+from pgd_core.evaluation.png import save_png_atomic
 
 __all__ = [
     "JI_SCORE_THRESHOLDS",
@@ -669,24 +669,9 @@ def plot_mr_fppi(evaluation: CrowdHumanEvaluation, path: str | os.PathLike[str])
     ax.legend(loc="lower left", fontsize=8, framealpha=0.95)
     fig.tight_layout()
     target = Path(path)
-    _save_png_atomic(fig, target)
+    save_png_atomic(fig, target)
     return target
 
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
-def _save_png_atomic(fig: Any, target: Path) -> None:
-    """Temp file in the target folder + ``os.replace``: readers never see a partial PNG."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            # No version-stamped "Software" chunk: same evaluation, same bytes.
-            fig.savefig(handle, format="png", metadata={"Software": None})
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
