@@ -107,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
     from pgd_core.synthetic import make_coco_shapes
 
     print(f"1/4 synthetic data set 'shapes' in {home / 'data'}", flush=True)
-    make_coco_shapes(home / "data", "shapes", num_train=64, num_val=16, overwrite=True)
+    make_coco_shapes(
+        home / "data", "shapes", num_train=args.num_train, num_val=args.num_val, overwrite=True
+    )
     print("2/4 starting the embedded stack (API + one Celery worker)", flush=True)
     token_file = home / "token"
     url = f"http://127.0.0.1:{args.port}"
@@ -172,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pgd demo", description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=Path("var/demo"), help="demo state folder")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--teacher-iters", type=int, default=200)
-    parser.add_argument("--student-iters", type=int, default=100)
+    # Long enough for real scores on the shapes set (the teacher well above the
+    # baseline), short enough for a few minutes on 2 cores: README.md has the figures.
+    parser.add_argument("--teacher-iters", type=int, default=600)
+    parser.add_argument("--student-iters", type=int, default=200)
+    parser.add_argument("--num-train", type=int, default=200, help="synthetic training images")
+    parser.add_argument("--num-val", type=int, default=50, help="synthetic validation images")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--keep", action="store_true", help="do not wipe --home first")
     return run(parser.parse_args(argv))
