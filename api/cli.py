@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         from api.demo import main as demo
 
         return demo(argv[1:])
+    if argv and argv[0] == "study":
+        from api.study import main as study
+
+        return study(argv[1:])
     if argv and argv[0] == "worker":
         return _worker(argv[1:])
     if argv and argv[0] == "maintain":

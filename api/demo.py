@@ -9,11 +9,13 @@ tiny PGD student from that teacher, and prints the leaderboard.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,22 +99,14 @@ def print_leaderboard(rows: list[dict[str, Any]], labels: dict[str, str]) -> Non
         )
 
 
-def run(args: argparse.Namespace) -> int:
-    home = args.home.resolve()
-    if home.exists() and not args.keep:
-        shutil.rmtree(home)
-    home.mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def embedded_stack(home: Path, port: int, timeout: float = 120) -> Iterator[httpx.Client]:
+    """``pgd up`` in ``home`` (its log in ``home/up.log``) and a client with its token;
+    the stack is stopped (SIGINT, then SIGKILL after a minute) on the way out."""
     env = home_env(home)
     env.update(PGD_HEARTBEAT_INTERVAL_S="1", PGD_MAINTENANCE_INTERVAL_S="5")
-    from pgd_core.synthetic import make_coco_shapes
-
-    print(f"1/4 synthetic data set 'shapes' in {home / 'data'}", flush=True)
-    make_coco_shapes(
-        home / "data", "shapes", num_train=args.num_train, num_val=args.num_val, overwrite=True
-    )
-    print("2/4 starting the embedded stack (API + one Celery worker)", flush=True)
     token_file = home / "token"
-    url = f"http://127.0.0.1:{args.port}"
+    url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [
             sys.executable,
@@ -120,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             "api.cli",
             "up",
             "--port",
-            str(args.port),
+            str(port),
             "--token-file",
             str(token_file),
         ],
@@ -130,11 +124,34 @@ def run(args: argparse.Namespace) -> int:
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_ready(url, timeout=120)
-        token = token_file.read_text().strip()
-        print(f"    API at {url}, logs in {home}", flush=True)
-        headers = {"Authorization": f"Bearer {token}"}
+        wait_ready(url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
         with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+            yield client
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def run(args: argparse.Namespace) -> int:
+    home = args.home.resolve()
+    if home.exists() and not args.keep:
+        shutil.rmtree(home)
+    home.mkdir(parents=True, exist_ok=True)
+    from pgd_core.synthetic import make_coco_shapes
+
+    print(f"1/4 synthetic data set 'shapes' in {home / 'data'}", flush=True)
+    make_coco_shapes(
+        home / "data", "shapes", num_train=args.num_train, num_val=args.num_val, overwrite=True
+    )
+    print("2/4 starting the embedded stack (API + one Celery worker)", flush=True)
+    try:
+        with embedded_stack(home, args.port) as client:
+            url = str(client.base_url).rstrip("/")
+            print(f"    API at {url}, logs in {home}", flush=True)
             print("3/4 training through the API", flush=True)
             jobs = {
                 "teacher (R-34)": _post(
@@ -162,12 +179,6 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, TimeoutError) as exc:
         print(f"demo failed: {exc}\n(see {home / 'up.log'} and {home / 'work'})", file=sys.stderr)
         return 1
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def main(argv: list[str] | None = None) -> int:

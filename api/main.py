@@ -11,7 +11,7 @@ from api import observability as request_metrics
 from api import runtime
 from api.db.session import make_engine, make_session_factory
 from api.problems import install_problem_handlers
-from api.routes import job_data, jobs, meta, observability, results, sweeps
+from api.routes import job_data, jobs, meta, observability, results, studies, sweeps
 from api.services.enqueue import MaintenanceThread
 from api.services.results import PageCache
 from api.settings import Settings, get_settings
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(job_data.router)
     app.include_router(results.router)
     app.include_router(sweeps.router)
+    app.include_router(studies.router)
     app.include_router(observability.router)
     request_metrics.install(app)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from pgd_core.spec import RunSpec
 
@@ -116,6 +116,69 @@ class ResultPage(BaseModel):
     """One offset page of the leaderboard; ``next_offset`` is null on the last page."""
 
     items: list[ResultRow]
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+def _group_fields() -> dict[str, Any]:
+    """The per-metric fields of :class:`GroupRow` (api.services.groups computes them)."""
+    metrics = ("ap", "ap50", "ap75", "aps", "apm", "apl", "mr", "ji")
+    gap_metrics = ("ap", "mr", "ji")
+    fields: dict[str, Any] = {}
+    for m in metrics:
+        fields[f"{m}_n"] = (int, Field(description=f"rows of the group with a {m}"))
+        fields[f"{m}_mean"] = (float | None, None)
+        fields[f"{m}_sd"] = (float | None, Field(None, description="sample sd (n - 1)"))
+        fields[f"{m}_ci95_low"] = (float | None, Field(None, description="95 % t interval"))
+        fields[f"{m}_ci95_high"] = (float | None, None)
+    for m in gap_metrics:
+        fields[f"teacher_{m}"] = (float | None, None)
+        fields[f"baseline_{m}_mean"] = (
+            float | None,
+            Field(None, description="mean of the paired same-seed no-KD controls"),
+        )
+        fields[f"delta_{m}_n"] = (int, Field(description="seeds paired with their control"))
+        fields[f"delta_{m}_mean"] = (float | None, None)
+        fields[f"delta_{m}_sd"] = (float | None, None)
+        fields[f"gap_recovered_{m}"] = (
+            float | None,
+            Field(None, description="delta mean / (teacher - baseline mean)"),
+        )
+    return fields
+
+
+class _GroupBase(BaseModel):
+    config_hash: str = Field(description="SHA-256 of the spec without its seed")
+    kind: str
+    detector: str
+    dataset: str
+    method: str
+    study_id: str | None
+    n: int = Field(description="results in the group (one per job)")
+    seeds: list[int]
+    job_ids: list[str]
+    teacher_job_ids: list[str]
+    latest_created_at: datetime
+
+
+GroupRow = create_model(  # type: ignore[call-overload]
+    "GroupRow",
+    __base__=_GroupBase,
+    __doc__=(
+        "Results that differ only by seed, summarised (GET /results?group_by=config): "
+        "mean, sd, 95 % interval per metric; for distilled groups the paired delta "
+        "against the same-seed no-KD control and the share of the teacher-student gap "
+        "recovered."
+    ),
+    **_group_fields(),
+)
+
+
+class GroupPage(BaseModel):
+    """One offset page of grouped results; ``next_offset`` is null on the last page."""
+
+    items: list[GroupRow]  # type: ignore[valid-type]
     limit: int
     offset: int
     next_offset: int | None

@@ -56,7 +56,20 @@ def run_migrations_online() -> None:
     engine = make_engine(_database_url())
     try:
         with engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # Batch mode rebuilds a table (copy, DROP, rename): with foreign keys
+                # enforced, the DROP would delete or refuse the rows that point at it.
+                # SQLite ignores this PRAGMA inside a transaction, so before it.
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()
             _run_on(connection)
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
+                if broken:
+                    raise RuntimeError(f"foreign keys broken after the migration: {broken[:5]}")
     finally:
         engine.dispose()
 

@@ -31,8 +31,8 @@ def model_cfg(
         return student
     cfg = dict(student, type="PGDDistiller")
     if spec.uses_teacher:
-        assert spec.teacher is not None and spec.distill is not None  # the spec validates it
-        d = spec.distill
+        d = spec.resolved_distill
+        assert spec.teacher is not None and d is not None  # the spec validates it
         cfg["teacher"] = detector_cfg(spec.detector, spec.teacher, num_classes)
         cfg["teacher"].pop("data_preprocessor")
         cfg["teacher_checkpoint"] = teacher_checkpoint

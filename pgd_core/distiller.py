@@ -9,6 +9,7 @@ the optimizer) nor in ``state_dict()`` (so never in the student's checkpoint).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,13 @@ import pgd_core.compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
 from pgd_core.decode import DensePredictions, decode_dense
 from pgd_core.losses import pgd_multilevel_losses
 from pgd_core.regions import batched_background_mask, batched_prediction_guided_weights
+from pgd_core.spec import KD_METHODS
 
-KD_METHODS = ("pgd", "pgd_no_gaussian", "pgd_cls_only", "fgd_box")
+log = logging.getLogger("pgd.distiller")
+
+#: Methods the distiller runs with a teacher: the KD losses, and ``inherit``
+#: (the teacher's neck and head as the student's start, no KD loss).
+TEACHER_METHODS = (*KD_METHODS, "inherit")
 
 
 class PairingError(ValueError):
@@ -51,11 +57,17 @@ class DistillSettings:
     adapter: bool = False
 
     def __post_init__(self) -> None:
-        if self.method not in KD_METHODS:
+        if self.method not in TEACHER_METHODS:
             raise ValueError(
-                f"distill method '{self.method}' is not one of {KD_METHODS} "
+                f"distill method '{self.method}' is not one of {TEACHER_METHODS} "
                 "(use no teacher for 'none')"
             )
+        if self.method == "inherit" and not self.init_student:
+            raise ValueError("distill method 'inherit' needs init_student=True")
+
+    @property
+    def with_kd_loss(self) -> bool:
+        return self.method in KD_METHODS
 
 
 class TowerRecorder:
@@ -129,6 +141,8 @@ class PGDDistiller(SingleStageDetector):
         # Outside the module tree on purpose (see the module docstring).
         object.__setattr__(self, "teacher", None)
         self.adapters: nn.ModuleDict | None = None
+        #: init_student: neck tensors that kept the student's init (shapes differ).
+        self.neck_kept: list[str] = []
         if teacher is None:
             return
         if teacher.get("data_preprocessor") not in (None, data_preprocessor):
@@ -179,8 +193,8 @@ class PGDDistiller(SingleStageDetector):
                     f"tower_layer {layer} is outside the {who}'s {len(head.cls_convs)}-layer towers"
                 )
         if self.settings.init_student:
-            for part in ("neck", "bbox_head"):
-                _check_same_shapes(part, getattr(self, part), getattr(teacher, part))
+            _check_same_shapes("bbox_head", self.bbox_head, teacher.bbox_head)
+            _check_same_shapes("neck", self.neck, teacher.neck, allow_other_shapes=True)
 
     def _build_adapters(self, teacher: nn.Module) -> nn.ModuleDict | None:
         s_ch, t_ch = self.bbox_head.feat_channels, teacher.bbox_head.feat_channels
@@ -205,8 +219,8 @@ class PGDDistiller(SingleStageDetector):
             )
         self.teacher.eval()
         if self.settings.init_student:
-            self.neck.load_state_dict(self.teacher.neck.state_dict())
             self.bbox_head.load_state_dict(self.teacher.bbox_head.state_dict())
+            self.neck_kept = _copy_same_shapes(self.neck, self.teacher.neck)
 
     def _apply(self, fn, *args, **kwargs):  # noqa: ANN001 - torch's signature
         # .to()/.cuda()/.half() must move the unregistered teacher too.
@@ -218,7 +232,7 @@ class PGDDistiller(SingleStageDetector):
     # -- training ---------------------------------------------------------------------
     def loss(self, batch_inputs: Tensor, batch_data_samples: list) -> dict[str, Any]:
         """The student's own losses plus the KD terms of every level."""
-        if self.teacher is None:
+        if self.teacher is None or not self.settings.with_kd_loss:
             return super().loss(batch_inputs, batch_data_samples)
         # Teacher first: its activations are freed before the student's forward,
         # and the student's forward and backward stay back to back.
@@ -326,11 +340,33 @@ def _strides(head: nn.Module) -> list[int]:
     ]
 
 
-def _check_same_shapes(part: str, student: nn.Module, teacher: nn.Module) -> None:
+def _copy_same_shapes(student: nn.Module, teacher: nn.Module) -> list[str]:
+    """Copy every module of ``teacher`` into ``student`` whose tensors all have the same
+    shapes; return the keys left as the student had them (a wider teacher backbone
+    changes only the FPN's lateral convs, which read it; the rest of the neck is copied)."""
+    s_state, t_state = student.state_dict(), teacher.state_dict()
+    # Whole modules: a lateral conv's bias has the same shape in both, its weight not.
+    other = {k.rsplit(".", 1)[0] for k in s_state if s_state[k].shape != t_state[k].shape}
+    kept = [k for k in s_state if k.rsplit(".", 1)[0] in other]
+    copied = {k: v for k, v in t_state.items() if k not in kept}
+    missing, unexpected = student.load_state_dict(copied, strict=False)
+    assert sorted(missing) == sorted(kept) and not unexpected, (missing, unexpected)
+    if kept:
+        log.info("init_student: neck tensors of another shape kept their own init: %s", kept)
+    return kept
+
+
+def _check_same_shapes(
+    part: str, student: nn.Module, teacher: nn.Module, *, allow_other_shapes: bool = False
+) -> None:
+    """The same tensors; with ``allow_other_shapes``, shapes may differ where the
+    tensor exists in both."""
     s_state, t_state = student.state_dict(), teacher.state_dict()
     for key in sorted(set(s_state) | set(t_state)):
         s_shape = tuple(s_state[key].shape) if key in s_state else None
         t_shape = tuple(t_state[key].shape) if key in t_state else None
+        if allow_other_shapes and s_shape is not None and t_shape is not None:
+            continue
         if s_shape != t_shape:
             raise PairingError(
                 f"init_student needs the teacher's {part} shape: {part}.{key} "

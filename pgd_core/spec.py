@@ -18,11 +18,16 @@ Kind = Literal["train", "distill", "evaluate"]
 Device = Literal["cuda", "cpu"]
 #: ``pgd``: the paper. ``pgd_no_gaussian``: uniform weights on the top-K (ablation).
 #: ``pgd_cls_only``: classification branch only (ablation). ``fgd_box``: every
-#: location inside a GT box weighted 1. ``none``: the student alone, same code path.
-Method = Literal["pgd", "pgd_no_gaussian", "pgd_cls_only", "fgd_box", "none"]
+#: location inside a GT box weighted 1. ``inherit``: the student's neck and head
+#: start from the teacher's weights (as ``init_student`` does) and no KD loss is
+#: added, the control that separates PGD's initialisation from its loss.
+#: ``none``: the student alone, same code path.
+Method = Literal["pgd", "pgd_no_gaussian", "pgd_cls_only", "fgd_box", "inherit", "none"]
 
 DETECTORS: tuple[str, ...] = ("fcos", "atss", "gfl", "autoassign", "ddod")
-METHODS: tuple[str, ...] = ("pgd", "pgd_no_gaussian", "pgd_cls_only", "fgd_box", "none")
+#: Methods that add a KD loss (each needs a teacher and distillation settings).
+KD_METHODS: tuple[str, ...] = ("pgd", "pgd_no_gaussian", "pgd_cls_only", "fgd_box")
+METHODS: tuple[str, ...] = (*KD_METHODS, "inherit", "none")
 #: The FPN levels every supported head predicts on (P3..P7).
 STRIDES: tuple[int, ...] = (8, 16, 32, 64, 128)
 PAPER_LEVEL_WEIGHTS: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0)
@@ -160,12 +165,47 @@ class RunSpec(_Frozen):
 
     def spec_hash(self) -> str:
         """SHA-256 of the canonical JSON form (defaults filled in)."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return _sha256(self.model_dump(mode="json"))
+
+    def config_hash(self) -> str:
+        """SHA-256 of everything but the seed: runs that differ only by seed share it
+        (the leaderboard groups them)."""
+        data = self.model_dump(mode="json")
+        data.pop("seed")
+        return _sha256(data)
+
+    def baseline_spec(self) -> RunSpec | None:
+        """The no-KD control of a distill run: the same student, data, schedule, seed
+        and device, trained alone (``kind`` train). None for other kinds."""
+        if self.kind != "distill":
+            return None
+        return self.model_copy(
+            update={
+                "kind": "train",
+                "method": "none",
+                "teacher": None,
+                "teacher_ref": None,
+                "distill": None,
+            }
+        )
 
     @property
     def uses_teacher(self) -> bool:
+        """The run reads a teacher checkpoint (a KD loss, or ``inherit``'s weights)."""
         return self.kind == "distill" and self.method != "none"
+
+    @property
+    def resolved_distill(self) -> DistillSpec | None:
+        """The distillation settings the run uses: ``inherit`` needs none but
+        ``init_student``, so it gets the defaults."""
+        if self.method == "inherit":
+            return self.distill or DistillSpec()
+        return self.distill
+
+
+def _sha256(data: dict) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _problems(spec: RunSpec) -> list[str]:
@@ -183,10 +223,16 @@ def _problems(spec: RunSpec) -> list[str]:
     if spec.uses_teacher:
         if spec.teacher is None:
             problems.append(f"teacher: method '{spec.method}' needs a teacher architecture")
-        if spec.distill is None:
+        if spec.method in KD_METHODS and spec.distill is None:
             problems.append(f"distill: method '{spec.method}' needs distillation settings")
-    if spec.uses_teacher and spec.teacher is not None and spec.distill is not None:
-        problems.extend(_pairing_problems(spec.detector, spec.student, spec.teacher, spec.distill))
+    if spec.method == "inherit" and spec.distill is not None and not spec.distill.init_student:
+        problems.append(
+            "distill.init_student: method 'inherit' is the teacher's initialisation "
+            "without KD loss; it cannot be false"
+        )
+    distill = spec.resolved_distill
+    if spec.uses_teacher and spec.teacher is not None and distill is not None:
+        problems.extend(_pairing_problems(spec.detector, spec.student, spec.teacher, distill))
     return problems
 
 
@@ -214,9 +260,11 @@ def _pairing_problems(
             f"distill.tower_layer: {distill.tower_layer} is outside the towers "
             f"(student {student.stacked_convs}, teacher {teacher.stacked_convs} convs)"
         )
+    # A wider teacher backbone is fine: only the FPN's lateral convs read it, and
+    # those keep the student's own initialisation (the reference code's non-strict
+    # load does the same); everything else of the neck and the head is copied.
     if distill.init_student and (
-        backbone_out_channels(student) != backbone_out_channels(teacher)
-        or student.neck_channels != teacher.neck_channels
+        student.neck_channels != teacher.neck_channels
         or student.head_channels != teacher.head_channels
         or student.stacked_convs != teacher.stacked_convs
         or student.use_dcn != teacher.use_dcn
@@ -224,9 +272,10 @@ def _pairing_problems(
     ):
         problems.append(
             "distill.init_student: the student's neck and head must have the "
-            "teacher's shape to start from its weights (backbone outputs "
-            f"{backbone_out_channels(student)} vs {backbone_out_channels(teacher)}, "
-            "neck_channels, head_channels, stacked_convs, use_dcn); "
+            "teacher's shape to start from its weights (neck_channels "
+            f"{student.neck_channels} vs {teacher.neck_channels}, head_channels "
+            f"{student.head_channels} vs {teacher.head_channels}, stacked_convs "
+            f"{student.stacked_convs} vs {teacher.stacked_convs}, use_dcn); "
             "set it to false"
         )
     return problems

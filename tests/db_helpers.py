@@ -27,6 +27,7 @@ TABLES = {
     "artifacts",
     "api_tokens",
     "leaderboard_version",
+    "studies",
 }
 
 

@@ -140,14 +140,28 @@ def test_unknown_teacher_ref(app: FastAPI, client: httpx.Client, alice: Headers)
     ]
 
 
-@pytest.mark.parametrize("state", ["queued", "running", "failed", "cancelled"])
-def test_teacher_job_must_have_succeeded(
+@pytest.mark.parametrize("state", ["failed", "cancelled"])
+def test_teacher_job_must_have_succeeded_or_be_unfinished(
     app: FastAPI, client: httpx.Client, alice: Headers, state: str
 ) -> None:
     teacher = _add_job(app, state)
     assert _rejected(app, client, alice, _spec(teacher_ref=teacher)) == [
-        {"field": "teacher_ref", "message": f"job {teacher} is {state}, not succeeded"}
+        {
+            "field": "teacher_ref",
+            "message": f"job {teacher} is {state}, not succeeded or unfinished",
+        }
     ]
+
+
+@pytest.mark.parametrize("state", ["waiting", "queued", "running"])
+def test_a_student_of_an_unfinished_teacher_waits_for_it(
+    app: FastAPI, client: httpx.Client, alice: Headers, state: str
+) -> None:
+    teacher = _add_job(app, state)
+    response = client.post("/jobs", json=_spec(teacher_ref=teacher), headers=alice)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert (job["state"], job["teacher_job_id"]) == ("waiting", teacher)
 
 
 def test_teacher_job_must_make_a_checkpoint(
@@ -214,7 +228,7 @@ def test_registered_checkpoint_is_a_teacher(
 def test_several_problems_are_reported_together(
     app: FastAPI, client: httpx.Client, alice: Headers
 ) -> None:
-    teacher = _add_job(app, "running")
+    teacher = _add_job(app, "failed")
     spec = _spec(teacher_ref=teacher, dataset={"name": "nope"})
     assert [e["field"] for e in _rejected(app, client, alice, spec)] == [
         "dataset.name",
@@ -295,7 +309,7 @@ def test_sweep_rejects_a_teacher_that_has_not_succeeded(
     response = client.post("/sweeps", json=body, headers=alice)
     assert response.status_code == 422, response.text
     assert response.json()["errors"] == [
-        {"field": "teacher_ref", "message": f"job {bad} is failed, not succeeded"}
+        {"field": "teacher_ref", "message": f"job {bad} is failed, not succeeded or unfinished"}
     ]
     assert _counts(app) == (before[0] + 2, before[1])
 

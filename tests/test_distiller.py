@@ -14,6 +14,7 @@ from mmengine.optim import OptimWrapper
 from pgd_core.config import model_cfg
 from pgd_core.distiller import PairingError
 from pgd_core.losses import pgd_cls_loss, pgd_reg_loss
+from pgd_core.spec import RunSpec
 
 ITERATIONS = 3
 
@@ -96,6 +97,29 @@ def test_init_student_copies_neck_and_head_only(detector: str) -> None:
     assert model.backbone.state_dict().keys() != model.teacher.backbone.state_dict().keys()
 
 
+def test_init_student_from_a_wider_teacher_copies_all_but_the_lateral_convs() -> None:
+    """A teacher backbone twice as wide (base 32 vs 16): the head and the FPN's output
+    convs are copied, the lateral convs (which read the backbone) keep their own init."""
+    spec = tiny_spec("fcos")
+    wide = spec.teacher.model_copy(update={"base_channels": 32})
+    spec = RunSpec.model_validate(spec.model_copy(update={"teacher": wide}).model_dump())
+    model = MODELS.build(ConfigDict(model_cfg(spec, 3)))
+    model.init_weights()
+    student, teacher = model.neck.state_dict(), model.teacher.neck.state_dict()
+    lateral = sorted(k for k in student if k.startswith("lateral_convs."))
+    assert lateral and sorted(model.neck_kept) == lateral
+    for key in student:
+        if key in lateral:
+            # Whole convs keep the student's init: the weight differs in shape, and
+            # the bias (same shape) is not copied on its own.
+            if key.endswith(".weight"):
+                assert student[key].shape != teacher[key].shape, key
+        else:
+            assert torch.equal(student[key], teacher[key]), key
+    for key, value in model.bbox_head.state_dict().items():
+        assert torch.equal(value, model.teacher.bbox_head.state_dict()[key]), key
+
+
 def test_init_student_off_keeps_own_initialisation() -> None:
     model = build_distiller("atss", init_student=False)
     s = model.bbox_head.cls_convs[0].conv.weight
@@ -131,6 +155,33 @@ def test_method_none_is_student_alone() -> None:
     assert model.teacher is None
     log = _train(model, iterations=1)[0]
     assert not any(k.startswith("loss_pgd_") for k in log)
+
+
+def test_inherit_starts_from_the_teacher_and_adds_no_kd_loss() -> None:
+    """The control of the study: the teacher's neck and head, the student's own losses."""
+    model = build_distiller("fcos", "inherit")
+    for part in ("neck", "bbox_head"):
+        teacher = getattr(model.teacher, part).state_dict()
+        for key, value in getattr(model, part).state_dict().items():
+            assert torch.equal(value, teacher[key]), f"{part}.{key}"
+    calls = []
+    handle = model.teacher.backbone.register_forward_hook(lambda *a: calls.append(1))
+    log = _train(model, iterations=2)
+    handle.remove()
+    assert calls == []  # no teacher forward: nothing to distil
+    assert all(not any(k.startswith("loss_pgd_") for k in entry) for entry in log)
+    assert set(log[0]) == {"loss", "loss_cls", "loss_bbox", "loss_centerness"}
+
+
+def test_inherit_needs_no_distill_settings_and_refuses_init_student_off() -> None:
+    spec = tiny_spec("fcos", "inherit").model_copy(update={"distill": None})
+    spec = type(spec).model_validate(spec.model_dump())
+    assert spec.resolved_distill is not None and spec.resolved_distill.init_student
+    assert model_cfg(spec, 3)["distill"]["method"] == "inherit"
+    data = tiny_spec("fcos", "inherit").model_dump()
+    data["distill"]["init_student"] = False
+    with pytest.raises(ValueError, match="distill.init_student: method 'inherit'"):
+        type(spec).model_validate(data)
 
 
 def test_fgd_box_maps_are_inside_boxes() -> None:

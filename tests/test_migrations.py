@@ -182,3 +182,88 @@ def test_leaderboard_version_has_one_row(session: Session) -> None:
     session.add(LeaderboardVersion(id=2, version=1))
     with pytest.raises(IntegrityError):
         session.flush()
+
+
+def test_0005_keeps_every_row_and_backfills_the_seed_groups(database_url: str) -> None:
+    """Upgrading a database with jobs, results and a teacher reference (SQLite rebuilds
+    the jobs table) keeps every row and gives each job its hashes; downgrading keeps
+    them too."""
+    from pgd_core.presets import get_preset
+
+    config = alembic_config(database_url)
+    command.upgrade(config, "0004")
+    teacher_spec = get_preset("tiny-fcos-teacher").model_copy(update={"seed": 3})
+    student_spec = get_preset("tiny-fcos-pgd").model_copy(update={"seed": 7})
+    engine = make_engine(database_url)
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    ids = {"teacher": str(uuid.uuid4()), "student": str(uuid.uuid4())}
+    try:
+        jobs = sa.Table("jobs", sa.MetaData(), autoload_with=engine)
+        results = sa.Table("eval_results", sa.MetaData(), autoload_with=engine)
+        with engine.begin() as conn:
+            for seq, (role, spec) in enumerate(
+                (("teacher", teacher_spec), ("student", student_spec)), 1
+            ):
+                conn.execute(
+                    jobs.insert().values(
+                        id=ids[role],
+                        seq=seq,
+                        kind=spec.kind,
+                        detector=spec.detector,
+                        dataset=spec.dataset.name,
+                        method=spec.method,
+                        spec=spec.model_dump(mode="json"),
+                        spec_hash=spec.spec_hash(),
+                        state="succeeded",
+                        attempt=0,
+                        max_attempts=3,
+                        progress=1.0,
+                        owner="alice",
+                        cancel_requested=False,
+                        lost_count=0,
+                        teacher_job_id=ids["teacher"] if role == "student" else None,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                conn.execute(
+                    results.insert().values(
+                        job_id=ids[role],
+                        dataset="shapes",
+                        detector="fcos",
+                        method=spec.method,
+                        metrics={},
+                        ap=40.0 + seq,
+                        created_at=now,
+                    )
+                )
+        command.upgrade(config, "head")
+        with engine.connect() as conn:
+            rows = {
+                r.id: r
+                for r in conn.execute(
+                    sa.text("SELECT id, config_hash, seed, baseline_hash, teacher_job_id FROM jobs")
+                )
+            }
+            kept = conn.execute(sa.text("SELECT job_id, ap FROM eval_results")).all()
+        assert sorted(kept) == sorted([(ids["teacher"], 41.0), (ids["student"], 42.0)])
+        teacher, student = rows[ids["teacher"]], rows[ids["student"]]
+        assert (teacher.config_hash, teacher.seed, teacher.baseline_hash) == (
+            teacher_spec.config_hash(),
+            3,
+            None,
+        )
+        baseline = student_spec.baseline_spec()
+        assert baseline is not None
+        assert (student.config_hash, student.seed, student.baseline_hash) == (
+            student_spec.config_hash(),
+            7,
+            baseline.config_hash(),
+        )
+        assert student.teacher_job_id == ids["teacher"]
+        command.downgrade(config, "0004")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM eval_results")).scalar() == 2
+            assert conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar() == 2
+    finally:
+        engine.dispose()

@@ -127,10 +127,14 @@ def test_teacher_student_pairing_in_spec() -> None:
     assert "student.head_channels: 128 differs from teacher.head_channels 256" in msg
     data["distill"] = dict(data["distill"], adapter=True, init_student=False)
     RunSpec.model_validate(data)
+    # A teacher backbone of other widths is fine (the FPN's lateral convs keep the
+    # student's init); another neck width is not.
     data = _distill_dict()
     data["student"] = dict(data["student"], depth=18)
+    RunSpec.model_validate(data)
+    data["student"] = dict(data["student"], neck_channels=128)
     msg = _errors(data)[0][1]
-    assert "init_student" in msg and "(64, 128, 256, 512) vs (256, 512, 1024, 2048)" in msg
+    assert "distill.init_student" in msg and "neck_channels 128 vs 256" in msg
 
 
 def test_level_weights_need_five_values() -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.db.models import ACTIVE_STATES, Artifact, EvalResult, Job
 from api.db.session import make_engine, make_session_factory
 from api.db.types import rowcount, utcnow
+from api.services.dependencies import settle_students
 from api.services.results import METRICS
 from api.settings import Settings
 from worker.reporting import LostOwnership, Reporter, forget_steps_after
@@ -339,4 +340,17 @@ def execute(
     if reporter.lost or not finish(session_factory, settings, job, attempt, outcome):
         log.warning("job %s attempt %d was taken over; outcome not recorded", job_id, attempt)
         return "lost"
+    _settle_students(session_factory, settings, job_id)
     return outcome.state
+
+
+def _settle_students(
+    session_factory: sessionmaker[Session], settings: Settings, job_id: str
+) -> None:
+    """Queue (or fail) the students waiting for this job, now rather than at the next
+    maintenance pass; a failure here is left to that pass."""
+    try:
+        with session_factory() as db_session:
+            settle_students(db_session, settings, job_id)
+    except Exception:  # noqa: BLE001 - the outcome is recorded; maintenance retries
+        log.exception("job %s: could not settle its waiting students", job_id)

@@ -31,6 +31,9 @@ from sqlalchemy.sql.selectable import ScalarSelect
 from api.db.types import BigIntPK, UTCDateTime, utcnow
 
 JOB_STATES: tuple[str, ...] = (
+    # A student whose teacher job has not finished: queued when it succeeds,
+    # failed (reason teacher_failed) when it does not.
+    "waiting",
     "queued",
     "running",
     "cancelling",
@@ -76,6 +79,19 @@ class Sweep(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Study(Base):
+    """A teacher and every (method, seed) student that waits for it; its jobs point back."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_new_id)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str | None] = mapped_column(String(128))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    teacher_job_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Job(Base):
     """One run (train, distill or evaluate); this row, not the broker, is the truth."""
 
@@ -92,6 +108,9 @@ class Job(Base):
         # The reaper's query: running jobs whose heartbeat is stale.
         Index("ix_jobs_state_heartbeat_at", "state", "heartbeat_at"),
         Index("ix_jobs_sweep_id", "sweep_id"),
+        Index("ix_jobs_study_id", "study_id"),
+        # Seed groups and a distill job's same-seed no-KD control.
+        Index("ix_jobs_config_hash_seed", "config_hash", "seed"),
         Index("ix_jobs_teacher_job_id", "teacher_job_id"),
         # The leaderboard's baseline lookup: newest succeeded train job of a pair.
         Index(
@@ -140,6 +159,12 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(255))
     sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"))
     teacher_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
+    study_id: Mapped[str | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"))
+    # RunSpec.config_hash(): the spec without its seed; runs that differ only by
+    # seed share it. baseline_hash: a distill job's no-KD control's config hash.
+    config_hash: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int | None] = mapped_column(Integer)
+    baseline_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

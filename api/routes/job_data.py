@@ -13,6 +13,7 @@ from api.schemas import JobRead
 from api.schemas_job_data import ArtifactRead, MetricSeries
 from api.services import job_data as service
 from api.services import jobs as job_service
+from api.services.dependencies import TeacherNotReady
 from api.settings import Settings
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -36,7 +37,11 @@ def retry_job(
     """Queue a failed or cancelled job again with its attempt raised (it resumes from its
     last checkpoint) and send it to the broker; 409 in any other state."""
     job = _visible_job(job_id, token, db_session)
-    if not service.retry(db_session=db_session, settings=settings, job=job):
+    try:
+        retried = service.retry(db_session=db_session, settings=settings, job=job)
+    except TeacherNotReady as exc:
+        raise HTTPException(409, str(exc)) from None
+    if not retried:
         raise HTTPException(
             409, f"job {job_id} is {job.state}; only failed or cancelled jobs can be retried"
         )

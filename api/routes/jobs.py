@@ -10,10 +10,11 @@ from sqlalchemy.orm import Session
 from api import runtime
 from api.auth import Caller, current_token
 from api.db.models import Job
-from api.deps import get_db
+from api.deps import get_app_settings, get_db
 from api.problems import problem
 from api.schemas import JobCreate, JobPage, JobRead
 from api.services import jobs as service
+from api.settings import Settings
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 _JOB_READ_FIELDS = tuple(JobRead.model_fields)
@@ -101,9 +102,11 @@ def cancel_job(
     job_id: str,
     token: Caller = Depends(current_token),
     db_session: Session = Depends(get_db),
+    settings: Settings = Depends(get_app_settings),
 ) -> Job:
-    """Cancel a queued job at once, or ask a running one to stop; 409 once it has finished."""
+    """Cancel a waiting or queued job at once, or ask a running one to stop; 409 once it
+    has finished."""
     job = _found(service.get(db_session=db_session, job_id=job_id, token=token), job_id)
-    if not service.cancel(db_session=db_session, job=job):
+    if not service.cancel(db_session=db_session, settings=settings, job=job):
         raise HTTPException(409, f"job {job_id} is already {job.state}")
     return job

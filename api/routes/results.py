@@ -20,12 +20,14 @@ from pydantic import BaseModel, Field, field_validator
 
 from api import runtime
 from api.auth import Caller, current_token
-from api.schemas import ResultPage, ResultRow
+from api.schemas import GroupPage, GroupRow, ResultPage, ResultRow
+from api.services import groups as group_service
 from api.services import results as service
 
 router = APIRouter(prefix="/results", tags=["results"])
 
 CSV_COLUMNS: tuple[str, ...] = tuple(name for name in ResultRow.model_fields if name != "metrics")
+GROUP_CSV_COLUMNS: tuple[str, ...] = tuple(GroupRow.model_fields)
 
 
 def _wants_csv(request: Request, fmt: str | None) -> bool:
@@ -33,6 +35,21 @@ def _wants_csv(request: Request, fmt: str | None) -> bool:
         return fmt == "csv"
     accept = request.headers.get("accept", "")
     return any(part.split(";")[0].strip() == "text/csv" for part in accept.split(","))
+
+
+def _group_cell(value: object) -> object:
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return service.csv_value(value)
+
+
+def _group_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(GROUP_CSV_COLUMNS)
+    for row in rows:
+        writer.writerow([_group_cell(row[name]) for name in GROUP_CSV_COLUMNS])
+    return buffer.getvalue()
 
 
 def _csv_lines(request: Request, filters: service.ResultFilters, sort: str) -> Iterator[str]:
@@ -74,6 +91,12 @@ class ResultQuery(BaseModel):
     detector: str | None = None
     method: str | None = None
     kind: str | None = None
+    study: str | None = Field(None, max_length=36, description="only the jobs of this study")
+    group_by: Literal["config"] | None = Field(
+        None,
+        description="config: one row per configuration, its seeds summarised "
+        "(mean, sd, 95 % interval, paired delta against the same-seed no-KD control)",
+    )
     sort: str = Field(
         service.DEFAULT_SORT,
         max_length=16,
@@ -97,15 +120,22 @@ class ResultQuery(BaseModel):
 
     def filters(self) -> service.ResultFilters:
         return service.ResultFilters(
-            dataset=self.dataset, detector=self.detector, method=self.method, kind=self.kind
+            dataset=self.dataset,
+            detector=self.detector,
+            method=self.method,
+            kind=self.kind,
+            study=self.study,
         )
 
 
 @router.get(
     "",
-    response_model=ResultPage,
+    response_model=ResultPage | GroupPage,
     responses={
-        200: {"content": {"text/csv": {}}, "description": "JSON page or CSV export"},
+        200: {
+            "content": {"text/csv": {}},
+            "description": "JSON page (GroupPage with group_by=config) or CSV export",
+        },
         304: {"description": "If-None-Match holds the page's current ETag"},
     },
 )
@@ -120,6 +150,8 @@ async def list_results(
     result) changes; a request with that ETag in If-None-Match gets 304 while the
     leaderboard has not changed. Pages are cached per process by that version."""
     filters, sort, limit, offset = query.filters(), query.sort, query.limit, query.offset
+    if query.group_by == "config":
+        return await _grouped(request, query)
     if _wants_csv(request, query.format):
         return StreamingResponse(
             _csv_lines(request, filters, sort),
@@ -140,3 +172,29 @@ async def list_results(
         body = await service.page_body(db, filters=filters, sort=sort, limit=limit, offset=offset)
         cache.put(version, key, body)
     return Response(body, media_type="application/json", headers=headers)
+
+
+async def _grouped(request: Request, query: ResultQuery) -> Response:
+    """``group_by=config``: every matching group computed at once (groups are few: one
+    per configuration, not per run), then paged or written as CSV."""
+    db = runtime.current(request.app).db
+    filters, sort = query.filters(), query.sort
+    rows = await db.run_sync(
+        lambda session: group_service.grouped_rows(db_session=session, filters=filters, sort=sort)
+    )
+    if _wants_csv(request, query.format):
+        return Response(
+            _group_csv(rows),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="results-grouped.csv"'},
+        )
+    end = query.offset + query.limit
+    page = GroupPage.model_validate(
+        {
+            "items": rows[query.offset : end],
+            "limit": query.limit,
+            "offset": query.offset,
+            "next_offset": end if len(rows) > end else None,
+        }
+    )
+    return Response(page.model_dump_json(), media_type="application/json")

@@ -276,6 +276,8 @@ class MaintenanceReport:
     lost: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    teacher_failed: list[str] = field(default_factory=list)
 
 
 def reap(db_session: Session, settings: Settings) -> MaintenanceReport:
@@ -376,9 +378,14 @@ def revoke_stuck_cancels(
 
 
 def maintain(session_factory: sessionmaker[Session], settings: Settings) -> MaintenanceReport:
-    """One pass: reap stale jobs, resend unsent ones, revoke stuck cancels."""
+    """One pass: reap stale jobs, settle students whose teacher has finished, resend
+    unsent jobs, revoke stuck cancels."""
+    from api.services.dependencies import settle_waiting
+
     with session_factory() as db_session:
         report = reap(db_session, settings)
+        settled = settle_waiting(db_session, settings)
+        report.released, report.teacher_failed = settled.released, settled.failed
         resend_unsent(db_session, settings, report)
         revoke_stuck_cancels(db_session, settings, report)
     return report

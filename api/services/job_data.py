@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.db.models import JOB_STATES, Artifact, Job, MetricPoint
 from api.db.types import rowcount, utcnow
-from api.services import enqueue
+from api.services import dependencies, enqueue
 from api.settings import Settings
 
 RETRYABLE = ("failed", "cancelled")
@@ -29,7 +29,8 @@ class ArtifactOutsideWorkRoot(Exception):
 
 def retry(*, db_session: Session, settings: Settings, job: Job) -> bool:
     """Failed or cancelled -> queued with the attempt raised, then sent; False for any
-    other state.
+    other state. A student whose teacher job has not finished goes back to
+    ``waiting`` instead; one whose teacher failed raises dependencies.TeacherNotReady.
 
     One guarded UPDATE (compare-and-set on the state), so a concurrent retry or
     state change can never queue the job twice. It gives the new attempt a task id
@@ -37,11 +38,15 @@ def retry(*, db_session: Session, settings: Settings, job: Job) -> bool:
     down leaves the job to the re-sender.
     """
     now = utcnow()
+    if job.state not in RETRYABLE:
+        return False
+    target = dependencies.state_after_retry(db_session, job)
+    waiting = target == "waiting"
     result = db_session.execute(
         update(Job)
         .where(Job.id == job.id, Job.state.in_(RETRYABLE))
         .values(
-            state="queued",
+            state=target,
             attempt=Job.attempt + 1,
             reason=None,
             message=None,
@@ -49,8 +54,8 @@ def retry(*, db_session: Session, settings: Settings, job: Job) -> bool:
             cancel_requested=False,
             cancel_requested_at=None,
             heartbeat_at=None,
-            task_id=enqueue.new_task_id(),
-            enqueued_at=now,
+            task_id=None if waiting else enqueue.new_task_id(),
+            enqueued_at=None if waiting else now,
             lost_count=0,
             worker=None,
             updated_at=now,
@@ -61,6 +66,11 @@ def retry(*, db_session: Session, settings: Settings, job: Job) -> bool:
     db_session.refresh(job)
     if rowcount(result) != 1:
         return False
+    if waiting:
+        # The teacher may have finished since it was read.
+        dependencies.settle_students(db_session, settings, job.teacher_job_id or "")
+        db_session.refresh(job)
+        return True
     if not enqueue.send_job(db_session, settings, job):
         db_session.refresh(job)  # send_job cleared enqueued_at (and so updated_at)
     return True

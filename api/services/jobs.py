@@ -26,16 +26,27 @@ from api.db.aio import AsyncDatabase
 from api.db.models import Job, next_job_seq
 from api.db.types import rowcount, utcnow
 from api.runtime import Runtime
-from api.services import enqueue
+from api.services import dependencies, enqueue
 from api.settings import Settings
 from pgd_core.datasets import MANIFEST_NAME, DatasetError, DatasetInfo, load_dataset_info
 from pgd_core.spec import ModelSpec, RunSpec
 
 log = logging.getLogger("pgd.jobs")
 
-CANCELLABLE = ("queued", "running")
+CANCELLABLE = ("waiting", "queued", "running")
+#: States of a teacher job a new student may wait for (it is stored ``waiting``).
+UNFINISHED = ("waiting", "queued", "running")
 #: Kinds of job whose result is a checkpoint another job may start from.
 CHECKPOINT_KINDS = ("train", "distill")
+
+
+@dataclass(frozen=True)
+class CheckedRefs:
+    """What :meth:`RefChecker.check` found: the teacher's job id (when the teacher is
+    a job) and whether that job has yet to finish (the new job then waits for it)."""
+
+    teacher_job_id: str | None = None
+    teacher_pending: bool = False
 
 
 class IdempotencyConflict(Exception):
@@ -145,23 +156,27 @@ class RefChecker:
 
         return cls(settings.data_root, settings.weights_root, load)
 
-    def check(self, spec: RunSpec) -> str | None:
-        """Raise SpecRejected naming every bad field; return the teacher job's id, if any."""
+    def check(self, spec: RunSpec) -> CheckedRefs:
+        """Raise SpecRejected naming every bad field; return the teacher job, if any.
+
+        A teacher job that has not finished yet is accepted (the student waits for
+        it); a checkpoint to evaluate must exist already."""
         errors = self._dataset_errors(spec)
-        teacher_job_id = None
+        refs = CheckedRefs()
         if spec.teacher_ref is not None:
-            teacher_job_id, message = self._model_ref(
-                spec, spec.teacher_ref, spec.teacher, "teacher"
+            teacher_job_id, message, pending = self._model_ref(
+                spec, spec.teacher_ref, spec.teacher, "teacher", may_wait=True
             )
+            refs = CheckedRefs(teacher_job_id, pending)
             if message:
                 errors.append({"field": "teacher_ref", "message": message})
         if spec.checkpoint_ref is not None:
-            _, message = self._model_ref(spec, spec.checkpoint_ref, spec.student, "student")
+            _, message, _ = self._model_ref(spec, spec.checkpoint_ref, spec.student, "student")
             if message:
                 errors.append({"field": "checkpoint_ref", "message": message})
         if errors:
             raise SpecRejected(errors)
-        return teacher_job_id
+        return refs
 
     def _dataset(self, name: str) -> DatasetInfo | str:
         """The registered dataset, or why it cannot be used (no server paths in it)."""
@@ -193,30 +208,49 @@ class RefChecker:
         return self._jobs[job_id]
 
     def _model_ref(
-        self, spec: RunSpec, ref: str, expected: ModelSpec | None, what: str
-    ) -> tuple[str | None, str | None]:
-        """(job id when ``ref`` is a job, the problem or None) for a job id or checkpoint name."""
+        self,
+        spec: RunSpec,
+        ref: str,
+        expected: ModelSpec | None,
+        what: str,
+        *,
+        may_wait: bool = False,
+    ) -> tuple[str | None, str | None, bool]:
+        """(job id when ``ref`` is a job, the problem or None, whether that job has yet
+        to finish) for a job id or checkpoint name."""
         job = self._job(ref)
         if job is None:
             root = self.weights_root.resolve()
             path = (root / f"{ref}.pth").resolve()
             if path.is_relative_to(root) and path.is_file():
-                return None, None
-            return None, f"no job and no registered checkpoint is named '{ref}'"
+                return None, None, False
+            return None, f"no job and no registered checkpoint is named '{ref}'", False
         job_id, state, kind, detector = job["id"], job["state"], job["kind"], job["detector"]
-        if state != "succeeded":
-            return job_id, f"job {ref} is {state}, not succeeded"
+        pending = may_wait and state in UNFINISHED
+        if state != "succeeded" and not pending:
+            expected_state = "succeeded or unfinished" if may_wait else "succeeded"
+            return job_id, f"job {ref} is {state}, not {expected_state}", False
         if kind not in CHECKPOINT_KINDS:
-            return job_id, (
-                f"job {ref} is an '{kind}' job; only train or distill jobs make a checkpoint"
+            return (
+                job_id,
+                (f"job {ref} is an '{kind}' job; only train or distill jobs make a checkpoint"),
+                False,
             )
         if detector != spec.detector:
-            return job_id, f"job {ref} trained a '{detector}' detector, not '{spec.detector}'"
+            return (
+                job_id,
+                f"job {ref} trained a '{detector}' detector, not '{spec.detector}'",
+                False,
+            )
         if expected is not None:
             mismatch = _model_mismatch((job["spec"] or {}).get("student"), expected)
             if mismatch:
-                return job_id, f"job {ref}'s student model differs from this {what}: {mismatch}"
-        return job_id, None
+                return (
+                    job_id,
+                    f"job {ref}'s student model differs from this {what}: {mismatch}",
+                    False,
+                )
+        return job_id, None, pending
 
 
 def _model_mismatch(stored: Any, expected: ModelSpec) -> str | None:
@@ -258,26 +292,35 @@ def job_values(
     max_attempts: int,
     spec_hash: str | None = None,
     sweep_id: str | None = None,
+    study_id: str | None = None,
     teacher_job_id: str | None = None,
+    waiting: bool = False,
     idempotency_key: str | None = None,
+    job_id: str | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Every column of a new queued job but ``seq`` (numbered by the database).
+    """Every column of a new job but ``seq`` (numbered by the database).
 
-    It is stored already marked as sent (a task id and ``enqueued_at``), because it
-    is sent right after its commit; if that send fails, ``enqueued_at`` is cleared,
-    and if the process dies in between, the stale ``enqueued_at`` has the re-sender
-    send it later. ``spec_hash``: ``spec.spec_hash()`` if the caller has it."""
+    A queued job is stored already marked as sent (a task id and ``enqueued_at``),
+    because it is sent right after its commit; if that send fails, ``enqueued_at``
+    is cleared, and if the process dies in between, the stale ``enqueued_at`` has
+    the re-sender send it later. A ``waiting`` job (its teacher job has not
+    finished) is sent when the teacher succeeds (api.services.dependencies).
+    ``spec_hash``: ``spec.spec_hash()`` if the caller has it."""
     now = now or utcnow()
+    baseline = spec.baseline_spec()
     return {
-        "id": str(uuid.uuid4()),
+        "id": job_id or str(uuid.uuid4()),
         "kind": spec.kind,
         "detector": spec.detector,
         "dataset": spec.dataset.name,
         "method": spec.method,
         "spec": spec.model_dump(mode="json"),
         "spec_hash": spec_hash if spec_hash is not None else spec.spec_hash(),
-        "state": "queued",
+        "config_hash": spec.config_hash(),
+        "seed": spec.seed,
+        "baseline_hash": baseline.config_hash() if baseline is not None else None,
+        "state": "waiting" if waiting else "queued",
         "reason": None,
         "message": None,
         "attempt": 0,
@@ -289,10 +332,11 @@ def job_values(
         "cancel_requested": False,
         "cancel_requested_at": None,
         "lost_count": 0,
-        "enqueued_at": now,
-        "task_id": enqueue.new_task_id(),
+        "enqueued_at": None if waiting else now,
+        "task_id": None if waiting else enqueue.new_task_id(),
         "worker": None,
         "sweep_id": sweep_id,
+        "study_id": study_id,
         "teacher_job_id": teacher_job_id,
         "created_at": now,
         "updated_at": now,
@@ -307,17 +351,23 @@ def new_job(
     owner: str,
     max_attempts: int,
     sweep_id: str | None = None,
+    study_id: str | None = None,
     teacher_job_id: str | None = None,
+    waiting: bool = False,
+    job_id: str | None = None,
 ) -> Job:
-    """A queued job row for ``spec`` (:func:`job_values`) not added to a session: the
-    caller owns the transaction and sends it with enqueue.send_job after the commit."""
+    """A job row for ``spec`` (:func:`job_values`) not added to a session: the caller
+    owns the transaction and sends a queued one with enqueue.send_job after the commit."""
     return Job(
         **job_values(
             spec=spec,
             owner=owner,
             max_attempts=max_attempts,
             sweep_id=sweep_id,
+            study_id=study_id,
             teacher_job_id=teacher_job_id,
+            waiting=waiting,
+            job_id=job_id,
         )
     )
 
@@ -400,7 +450,7 @@ async def create(
     jobs = await referenced_jobs(db, spec)
     checker = RefChecker(settings.data_root, settings.weights_root, jobs.get, datasets={name: info})
     try:
-        teacher_job_id = checker.check(spec)
+        refs = checker.check(spec)
     except SpecRejected:
         # A replay returns the first job even if its references have changed since.
         existing = (
@@ -416,7 +466,8 @@ async def create(
         owner=owner,
         max_attempts=settings.max_attempts,
         spec_hash=spec_hash,
-        teacher_job_id=teacher_job_id,
+        teacher_job_id=refs.teacher_job_id,
+        waiting=refs.teacher_pending,
         idempotency_key=idempotency_key,
     )
     statement = insert_statement(db.dialect_name)
@@ -431,6 +482,8 @@ async def create(
                 raise RuntimeError(f"job {values['id']} was neither stored nor a replay")
             return _replay(existing, spec_hash), False
         row = mine
+    if row["state"] == "waiting":
+        return await _release_if_teacher_done(db, runtime, row), True
     sent = await runtime.publisher.publish(
         job_id=row["id"],
         attempt=row["attempt"],
@@ -443,6 +496,48 @@ async def create(
         )
         row = unsent or row
     return row, True
+
+
+_TEACHER_STATE = select(_JOBS.c.state).where(_JOBS.c.id == bindparam("teacher_id"))
+_RELEASE = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("job_id"), _JOBS.c.state == "waiting")
+    .values(
+        state="queued",
+        task_id=bindparam("task_id"),
+        enqueued_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+    .returning(*_JOBS.c)
+)
+
+
+async def _release_if_teacher_done(
+    db: AsyncDatabase, runtime: Runtime, row: Mapping[str, Any]
+) -> Mapping[str, Any]:
+    """A student stored ``waiting`` whose teacher succeeded meanwhile (after the check,
+    before the INSERT) is queued and sent now; any other outcome of the teacher is
+    settled by the worker or the next maintenance pass (api.services.dependencies)."""
+    teacher = await db.fetch_one(_TEACHER_STATE, {"teacher_id": row["teacher_job_id"]})
+    if teacher is None or teacher["state"] != "succeeded":
+        return row
+    params = {"job_id": row["id"], "task_id": enqueue.new_task_id(), "now": utcnow()}
+    released = await db.fetch_one(_RELEASE, params)
+    if released is None:
+        return row
+    sent = await runtime.publisher.publish(
+        job_id=released["id"],
+        attempt=released["attempt"],
+        queue=enqueue.queue_for(released["spec"]),
+        task_id=released["task_id"],
+    )
+    if not sent:
+        unsent = await db.fetch_one(
+            _UNSENT,
+            {"job_id": released["id"], "sent_attempt": released["attempt"], "now": utcnow()},
+        )
+        return unsent or released
+    return released
 
 
 def encode_cursor(seq: int) -> str:
@@ -481,14 +576,15 @@ def list_page(
     return rows[:limit], encode_cursor(rows[limit - 1].seq)
 
 
-def cancel(*, db_session: Session, job: Job) -> bool:
-    """Queued -> cancelled, running -> cancelling; False when the job has already finished.
+def cancel(*, db_session: Session, settings: Settings, job: Job) -> bool:
+    """Waiting or queued -> cancelled, running -> cancelling; False when the job has
+    already finished. Students waiting for a job cancelled at once fail with it.
 
     One guarded UPDATE (compare-and-set on the state), so a worker finishing the
     job at the same moment can never be overwritten.
     """
     now = utcnow()
-    queued = Job.state == "queued"
+    queued = Job.state.in_(("waiting", "queued"))
     result = db_session.execute(
         update(Job)
         .where(Job.id == job.id, Job.state.in_(CANCELLABLE))
@@ -503,5 +599,7 @@ def cancel(*, db_session: Session, job: Job) -> bool:
     )
     db_session.commit()
     db_session.refresh(job)
+    if job.state == "cancelled":
+        dependencies.settle_students(db_session, settings, job.id)
     # A second cancel of a job still stopping is accepted again, not a conflict.
     return rowcount(result) == 1 or job.state == "cancelling"

@@ -98,9 +98,12 @@ class ResultFilters:
     detector: str | None = None
     method: str | None = None
     kind: str | None = None
+    study: str | None = None
 
 
-_FILTERS: tuple[str, ...] = ("dataset", "detector", "method", "kind")
+_FILTERS: tuple[str, ...] = ("dataset", "detector", "method", "kind", "study")
+#: Filters on the job's columns rather than the result's.
+_JOB_FILTERS: dict[str, str] = {"kind": "kind", "study": "study_id"}
 
 
 def parse_sort(sort: str) -> tuple[str, bool]:
@@ -117,11 +120,11 @@ def _branch(filtered: tuple[str, ...], key: str, descending: bool, only_if: Any 
     ``only_if`` (a condition on the other branch), those whose ``key`` is NULL."""
     column = getattr(EvalResult, key)
     query = select(*(getattr(EvalResult, name) for name in _RESULT_COLUMNS))
-    if "kind" in filtered:
+    if any(name in _JOB_FILTERS for name in filtered):
         query = query.join(Job, Job.id == EvalResult.job_id)
     for name in filtered:
-        model = Job if name == "kind" else EvalResult
-        query = query.where(getattr(model, name) == bindparam(name))
+        model, field = (Job, _JOB_FILTERS[name]) if name in _JOB_FILTERS else (EvalResult, name)
+        query = query.where(getattr(model, field) == bindparam(name))
     # id keeps the order total, so offset pages never overlap.
     tie = EvalResult.id.desc() if descending else EvalResult.id.asc()
     if only_if is not None:

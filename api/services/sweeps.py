@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import Caller
 from api.db.models import JOB_STATES, Job, Sweep
-from api.services import enqueue
+from api.services import dependencies, enqueue
 from api.services.jobs import RefChecker, SpecRejected, new_job
 from api.settings import Settings
 from pgd_core.spec import RunSpec
@@ -94,13 +94,16 @@ def create(
             owner=owner,
             max_attempts=settings.max_attempts,
             sweep_id=sweep.id,
-            teacher_job_id=teacher,
+            teacher_job_id=refs.teacher_job_id,
+            waiting=refs.teacher_pending,
         )
-        for (_, spec), teacher in zip(specs, teachers, strict=True)
+        for (_, spec), refs in zip(specs, teachers, strict=True)
     ]
     db_session.add_all(jobs)
     db_session.commit()
-    send_all(db_session, settings, jobs)
+    send_all(db_session, settings, [job for job in jobs if job.state == "queued"])
+    for teacher in {job.teacher_job_id for job in jobs if job.state == "waiting"}:
+        dependencies.settle_students(db_session, settings, teacher or "")
     return sweep, jobs
 
 
