@@ -59,6 +59,8 @@ def study_body(client: httpx.Client, args: argparse.Namespace) -> dict[str, Any]
         student["distill"]["alpha"] = args.alpha
     if args.topk is not None:
         student["distill"]["topk"] = args.topk
+    if args.no_init_student:
+        student["distill"]["init_student"] = False
     return {
         "name": args.name,
         "teacher": teacher,
@@ -163,6 +165,9 @@ def run(args: argparse.Namespace) -> int:
             for alpha, extra_id in alpha_studies:
                 done = follow(client, extra_id, args.timeout)
                 done["alpha"] = alpha
+                done["results"] = client.get(
+                    "/results", params={"study": extra_id, "limit": 500}
+                ).json()["items"]
                 study["alpha_studies"].append(done)
         out = args.out or home
         out.mkdir(parents=True, exist_ok=True)
@@ -209,6 +214,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--student-width", type=int, default=16)
     p.add_argument("--alpha", type=float, default=None, help="distill.alpha (paper's if unset)")
     p.add_argument("--topk", type=int, default=None, help="distill.topk (paper's if unset)")
+    p.add_argument(
+        "--no-init-student",
+        action="store_true",
+        help="KD students start from their own init, not the teacher's neck and head "
+        "(method inherit is then impossible)",
+    )
     p.add_argument(
         "--extra-alphas",
         type=lambda text: _csv(float, text),

@@ -1,0 +1,102 @@
+"""Markdown tables of a ``pgd study`` run (its ``study.json``), for docs/study.md.
+
+Every number comes from the study's JSON (``GET /studies/{id}`` and ``GET
+/results?study=``): the per-seed APs from the results, the summaries from the
+study's table. A paired delta "exceeds seed noise" when its 95 % t interval
+(n - 1 degrees of freedom over the paired seeds) excludes zero.
+
+    .venv/bin/python bench/study_report.py var/study-fcos/study.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+from api.services.groups import t975
+
+
+def _f(value: float | None, digits: int = 1, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _per_seed(study: dict[str, Any], results: dict[str, float]) -> dict[tuple[str, str], str]:
+    out: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for job in study["jobs"]:
+        if job["id"] in results:
+            key = (job["role"], job["method"])
+            out.setdefault(key, []).append((job["seed"], results[job["id"]]))
+    return {k: " / ".join(f"{ap:.1f}" for _, ap in sorted(v)) for k, v in out.items()}
+
+
+def _noise(row: dict[str, Any]) -> str:
+    n, mean, sd = row.get("delta_ap_n", 0), row.get("delta_ap_mean"), row.get("delta_ap_sd")
+    if mean is None or n < 2 or sd is None:
+        return "-"
+    half = t975(n - 1) * sd / math.sqrt(n)
+    low, high = mean - half, mean + half
+    verdict = "yes" if low > 0 or high < 0 else "no"
+    return f"{verdict} ({low:+.1f}..{high:+.1f})"
+
+
+def table(study: dict[str, Any], results: dict[str, float], label: str = "method") -> str:
+    seeds = _per_seed(study, results)
+    lines = [
+        f"| {label} | AP per seed | mean +- sd | 95 % CI | paired dAP vs none (mean +- sd) "
+        "| exceeds seed noise (95 % CI of dAP) | gap recovered |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in study["table"]:
+        name = "teacher" if row["role"] == "teacher" else row["method"]
+        sd = f" +- {row['ap_sd']:.1f}" if row["ap_sd"] is not None else ""
+        ci = (
+            "-"
+            if row["ap_ci95_low"] is None
+            else f"{row['ap_ci95_low']:.1f}..{row['ap_ci95_high']:.1f}"
+        )
+        delta = row.get("delta_ap_mean")
+        dsd = f" +- {row['delta_ap_sd']:.1f}" if row.get("delta_ap_sd") is not None else ""
+        lines.append(
+            f"| {name} | {seeds.get((row['role'], row['method']), '-')} "
+            f"| {_f(row['ap_mean'])}{sd} | {ci} "
+            f"| {_f(delta, signed=True)}{dsd if delta is not None else ''} | {_noise(row)} "
+            f"| {_f(row.get('gap_recovered_ap'), 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def _results(path: Path, study: dict[str, Any]) -> dict[str, float]:
+    """Per-job AP: the study's own ``results``, completed from the stack's database
+    beside ``study.json`` (``pgd.db``) for studies saved without them."""
+    results = {r["job_id"]: r["ap"] for r in study.get("results", [])}
+    database = path.parent / "pgd.db"
+    if database.is_file():
+        with sqlite3.connect(database) as conn:
+            for job_id, ap in conn.execute("SELECT job_id, ap FROM eval_results"):
+                results.setdefault(job_id, ap)
+    return results
+
+
+def main(argv: list[str]) -> int:
+    for name in argv:
+        path = Path(name)
+        study = json.loads(path.read_text())
+        results = _results(path, study)
+        print(f"### {study['name'] or study['id']}\n")
+        print(table(study, results))
+        print()
+        for extra in study.get("alpha_studies", []):
+            print(f"alpha = {extra['alpha']:g}:\n")
+            print(table(extra, results))
+            print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
