@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from api.demo import embedded_stack
+from pgd_core.presets import PAPER_HYPER
 from pgd_core.spec import DETECTORS, METHODS
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -55,8 +56,11 @@ def study_body(client: httpx.Client, args: argparse.Namespace) -> dict[str, Any]
     _schedule(student, args.student_iters)
     student["student"].update(depth=args.student_depth, base_channels=args.student_width)
     student["teacher"] = dict(teacher["student"])
-    if args.alpha is not None:
-        student["distill"]["alpha"] = args.alpha
+    # The paper's settings for the detector unless --alpha says otherwise (the tiny
+    # presets carry a tenth of its alpha: pgd_core.presets.TINY_ALPHA_SCALE).
+    student["distill"]["alpha"] = (
+        args.alpha if args.alpha is not None else PAPER_HYPER[args.detector][1]
+    )
     if args.topk is not None:
         student["distill"]["topk"] = args.topk
     if args.no_init_student:

@@ -26,6 +26,38 @@ def _f(value: float | None, digits: int = 1, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def _values(study: dict[str, Any], results: dict[str, float]) -> dict[str, dict[int, float]]:
+    """method -> seed -> AP for the study's students."""
+    out: dict[str, dict[int, float]] = {}
+    for job in study["jobs"]:
+        if job["role"] == "student" and job["id"] in results:
+            out.setdefault(job["method"], {})[job["seed"]] = results[job["id"]]
+    return out
+
+
+def versus(values: dict[str, dict[int, float]], control: dict[int, float], name: str) -> list[str]:
+    """Per method, the paired difference against ``control`` over shared seeds, with its
+    95 % t interval, computed here from the per-seed APs."""
+    lines = [
+        f"| method | paired dAP vs {name} (mean +- sd, n) | 95 % CI | exceeds seed noise |",
+        "|---|---|---|---|",
+    ]
+    for method, by_seed in values.items():
+        seeds = sorted(set(by_seed) & set(control))
+        diffs = [by_seed[s] - control[s] for s in seeds]
+        if len(diffs) < 2 or method == name:
+            continue
+        mean = sum(diffs) / len(diffs)
+        sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+        half = t975(len(diffs) - 1) * sd / math.sqrt(len(diffs))
+        noise = "yes" if mean - half > 0 or mean + half < 0 else "no"
+        lines.append(
+            f"| {method} | {mean:+.1f} +- {sd:.1f} (n={len(diffs)}) "
+            f"| {mean - half:+.1f}..{mean + half:+.1f} | {noise} |"
+        )
+    return lines
+
+
 def _per_seed(study: dict[str, Any], results: dict[str, float]) -> dict[tuple[str, str], str]:
     out: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for job in study["jobs"]:
@@ -91,9 +123,15 @@ def main(argv: list[str]) -> int:
         print(f"### {study['name'] or study['id']}\n")
         print(table(study, results))
         print()
+        values = _values(study, results)
         for extra in study.get("alpha_studies", []):
             print(f"alpha = {extra['alpha']:g}:\n")
             print(table(extra, results))
+            print()
+            for method, by_seed in _values(extra, results).items():
+                values[f"{method} alpha={extra['alpha']:g}"] = by_seed
+        if "inherit" in values:
+            print("\n".join(versus(values, values["inherit"], "inherit")))
             print()
     return 0
 

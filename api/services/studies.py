@@ -270,7 +270,7 @@ def chart_png(rows: list[dict[str, Any]], metric: str, title: str) -> bytes:
 
     students = [r for r in rows if r["role"] == "student" and r[f"{metric}_mean"] is not None]
     teachers = [r for r in rows if r["role"] == "teacher" and r[f"{metric}_mean"] is not None]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(students) + 2), 3.6), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(students) + 3.5), 3.6), dpi=100)
     try:
         names = [r["method"] for r in students]
         means = [r[f"{metric}_mean"] for r in students]
@@ -288,7 +288,7 @@ def chart_png(rows: list[dict[str, Any]], metric: str, title: str) -> bytes:
             )
         ax.set_ylabel(metric.upper())
         ax.set_title(title)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", metadata={"Software": None, **plot_text(fig)})
