@@ -46,6 +46,13 @@ class GradientBalance:
         return (self.det_sq + s * self.dot) / (self.det_sq**0.5 * total)
 
 
+def _total(value: Any) -> Any:
+    """A loss entry as mmengine sums it: a tensor, or a list of per-level tensors."""
+    if isinstance(value, (list, tuple)):
+        return sum(item.sum() for item in value)
+    return value
+
+
 def gradient_balance(model: nn.Module, batches: Iterable[Any], alpha: float) -> GradientBalance:
     """Detection vs KD gradients of a PGD distiller (``model``, in train mode, with its
     teacher loaded) on mmengine data batches; ``alpha`` is the model's own alpha."""
@@ -54,8 +61,8 @@ def gradient_balance(model: nn.Module, batches: Iterable[Any], alpha: float) -> 
     for batch in batches:
         data = model.data_preprocessor(batch, True)
         losses = model.loss(data["inputs"], data["data_samples"])
-        det = sum(v for k, v in losses.items() if k.startswith("loss_") and "pgd" not in k)
-        kd = sum(v for k, v in losses.items() if k.startswith("loss_pgd"))
+        det = sum(_total(v) for k, v in losses.items() if k.startswith("loss_") and "pgd" not in k)
+        kd = sum(_total(v) for k, v in losses.items() if k.startswith("loss_pgd"))
         if not isinstance(kd, torch.Tensor):
             raise ValueError("the model adds no KD loss (method none or inherit?)")
         g_det = torch.autograd.grad(det, params, retain_graph=True, allow_unused=True)
