@@ -23,6 +23,7 @@ RUN MMCV_WITH_OPS=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST}" 
         opencv-python==4.10.0.84
 COPY pyproject.toml README.md alembic.ini ./
 COPY pgd_core pgd_core
+COPY pgd_service pgd_service
 COPY api api
 COPY worker worker
 COPY migrations migrations

@@ -44,8 +44,8 @@ test-all: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check pgd_core api worker migrations tests bench
-	$(BIN)/ruff format --check pgd_core api worker migrations tests bench
+	$(BIN)/ruff check pgd_core pgd_service api worker migrations tests bench
+	$(BIN)/ruff format --check pgd_core pgd_service api worker migrations tests bench
 	$(BIN)/mypy
 
 bench: setup

@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session
 
 from api import runtime
 from api.db.aio import AsyncDatabase
-from api.db.models import ApiToken
-from api.db.types import utcnow
+from pgd_service.db.models import ApiToken
+from pgd_service.db.types import utcnow
 
 TOKEN_PREFIX = "pgd_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -89,7 +89,7 @@ def store_token(database_url: str, *, owner: str, is_admin: bool = False) -> str
     Raises:
         SQLAlchemyError: the database is unreachable or not migrated.
     """
-    from api.db.session import make_engine, make_session_factory
+    from pgd_service.db.session import make_engine, make_session_factory
 
     engine = make_engine(database_url)
     try:

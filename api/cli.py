@@ -14,7 +14,7 @@ import sys
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.settings import Settings
+from pgd_service.settings import Settings
 
 
 def _token_parser() -> argparse.ArgumentParser:
@@ -93,8 +93,8 @@ def _maintain(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import time
 
-    from api.db.session import make_engine, make_session_factory
-    from api.services.enqueue import maintain
+    from pgd_service.db.session import make_engine, make_session_factory
+    from pgd_service.maintenance import maintain
 
     settings = Settings()
     factory = make_session_factory(make_engine(settings.database_url))

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from fastapi import Request
 from sqlalchemy.orm import Session
 
-from api.settings import Settings
+from pgd_service.settings import Settings
 
 
 async def get_app_settings(request: Request) -> Settings:

@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from api.settings import Settings
+from pgd_service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,12 +9,12 @@ from fastapi import FastAPI
 
 from api import observability as request_metrics
 from api import runtime
-from api.db.session import make_engine, make_session_factory
 from api.problems import install_problem_handlers
 from api.routes import job_data, jobs, meta, observability, results, studies, sweeps
-from api.services.enqueue import MaintenanceThread
 from api.services.results import PageCache
-from api.settings import Settings, get_settings
+from pgd_service.db.session import make_engine, make_session_factory
+from pgd_service.maintenance import MaintenanceThread
+from pgd_service.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

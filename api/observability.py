@@ -1,78 +1,67 @@
-"""Request metrics kept in process and a pure ASGI middleware that records them.
+"""Request metrics with prometheus_client, recorded by a pure ASGI middleware.
 
-Hand-written Prometheus text exposition (format 0.0.4): no new dependency. The
-``route`` label is the matched route's template (``/jobs/{job_id}``), never the
-raw path, so ids cannot blow up the label set; unmatched paths count as
+Each app gets its own CollectorRegistry (tests build many apps in one process).
+The ``route`` label is the matched route's template (``/jobs/{job_id}``), never
+the raw path, so ids cannot blow up the label set; unmatched paths count as
 ``unmatched``. Counts are per process: with several API workers, Prometheus
-sums the scraped instances.
+sums the scraped instances. The job gauges are read from the database at
+scrape time by :class:`JobStateCollector`.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def labels(**pairs: str) -> str:
-    return "{" + ",".join(f'{k}="{escape_label(v)}"' for k, v in pairs.items()) + "}"
-
-
-def format_value(value: float) -> str:
-    if value == float("inf"):
-        return "+Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+# No *_created series: a counter's creation time is noise to a scraper here.
+disable_created_metrics()
 
 
 class RequestMetrics:
-    """Thread-safe request counter and duration histogram."""
+    """The request counter and duration histogram of one app, in its own registry."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requests: dict[tuple[str, str, str], int] = {}
-        # (method, route) -> (bucket counts, sum, count)
-        self._durations: dict[tuple[str, str], tuple[list[int], float, int]] = {}
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "pgd_http_requests",
+            "HTTP requests served, by route template and status.",
+            ("method", "route", "status"),
+            registry=self.registry,
+        )
+        self.durations = Histogram(
+            "pgd_http_request_duration_seconds",
+            "Time to serve a request (until the response starts).",
+            ("method", "route"),
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        with self._lock:
-            key = (method, route, str(status))
-            self._requests[key] = self._requests.get(key, 0) + 1
-            counts, total, n = self._durations.get((method, route), ([0] * len(BUCKETS), 0.0, 0))
-            for i, bound in enumerate(BUCKETS):
-                if seconds <= bound:
-                    counts[i] += 1
-            self._durations[(method, route)] = (counts, total + seconds, n + 1)
+        self.requests.labels(method, route, str(status)).inc()
+        self.durations.labels(method, route).observe(seconds)
 
-    def exposition(self) -> Iterable[str]:
-        with self._lock:
-            requests = sorted(self._requests.items())
-            durations = sorted((k, (list(c), s, n)) for k, (c, s, n) in self._durations.items())
-        yield "# HELP pgd_http_requests_total HTTP requests served, by route template and status."
-        yield "# TYPE pgd_http_requests_total counter"
-        for (method, route, status), count in requests:
-            yield (
-                "pgd_http_requests_total"
-                f"{labels(method=method, route=route, status=status)} {count}"
-            )
-        name = "pgd_http_request_duration_seconds"
-        yield f"# HELP {name} Time to serve a request (until the response starts)."
-        yield f"# TYPE {name} histogram"
-        for (method, route), (counts, total, n) in durations:
-            for bound, count in zip(BUCKETS, counts, strict=True):
-                lab = labels(method=method, route=route, le=format_value(bound))
-                yield f"{name}_bucket{lab} {count}"
-            yield f"{name}_bucket{labels(method=method, route=route, le='+Inf')} {n}"
-            yield f"{name}_sum{labels(method=method, route=route)} {format_value(total)}"
-            yield f"{name}_count{labels(method=method, route=route)} {n}"
+
+class JobStateCollector(Collector):
+    """``pgd_jobs{state}``: jobs in the database by state, read when scraped."""
+
+    def __init__(self, count_by_state: Callable[[], dict[str, int]]) -> None:
+        self.count_by_state = count_by_state
+
+    def describe(self) -> Iterator[Any]:
+        yield GaugeMetricFamily("pgd_jobs", "Jobs in the database, by state.", labels=["state"])
+
+    def collect(self) -> Iterator[Any]:
+        family = GaugeMetricFamily("pgd_jobs", "Jobs in the database, by state.", labels=["state"])
+        for state, count in self.count_by_state().items():
+            family.add_metric([state], count)
+        yield family
 
 
 class MetricsMiddleware:
@@ -112,7 +101,7 @@ class MetricsMiddleware:
 
 
 def install(app: Any) -> RequestMetrics:
-    """Attach a fresh metrics store and its middleware to ``app`` (before it starts)."""
+    """Attach a fresh metrics registry and its middleware to ``app`` (before it starts)."""
     metrics = RequestMetrics()
     app.state.request_metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 
 from api.db.aio import AsyncDatabase, open_database
-from api.services.enqueue import AsyncPublisher
-from api.settings import Settings
+from pgd_service.queue import AsyncPublisher
+from pgd_service.settings import Settings
 
 
 class NotStarted(RuntimeError):

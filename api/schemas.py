@@ -162,7 +162,7 @@ class _GroupBase(BaseModel):
     latest_created_at: datetime
 
 
-GroupRow = create_model(  # type: ignore[call-overload]
+GroupRow = create_model(
     "GroupRow",
     __base__=_GroupBase,
     __doc__=(
@@ -178,7 +178,7 @@ GroupRow = create_model(  # type: ignore[call-overload]
 class GroupPage(BaseModel):
     """One offset page of grouped results; ``next_offset`` is null on the last page."""
 
-    items: list[GroupRow]  # type: ignore[valid-type]
+    items: list[GroupRow]
     limit: int
     offset: int
     next_offset: int | None

@@ -69,7 +69,7 @@ class StudyJob(BaseModel):
     message: str | None
 
 
-class StudyGroup(GroupRow):  # type: ignore[misc, valid-type]
+class StudyGroup(GroupRow):
     role: str = Field(description="teacher or student")
 
 

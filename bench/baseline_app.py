@@ -7,7 +7,7 @@ Two sync routes, no auth, no idempotency, no broker:
 
 Its table lives in its own PostgreSQL schema (``BASELINE_DATABASE_URL`` carries
 the ``search_path``); ``create_table`` and ``populate`` set it up. The engine has
-the same pool as the real app's sync routes (``api.db.session``), pre-ping
+the same pool as the real app's sync routes (``pgd_service.db.session``), pre-ping
 included; ``BASELINE_PRE_PING=0`` turns the pre-ping off (SQLAlchemy's default,
 one round trip less per request). Run it as the real app is run: ``uvicorn
 bench.baseline_app:app`` (one process).
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from api.db.session import MAX_OVERFLOW, POOL_SIZE
+from pgd_service.db.session import MAX_OVERFLOW, POOL_SIZE
 
 metadata = sa.MetaData()
 items = sa.Table(

@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench_support import throwaway_schema  # noqa: E402
 
-from api.db.models import EvalResult, Job  # noqa: E402
-from api.db.session import make_engine  # noqa: E402
 from api.services import results as service  # noqa: E402
+from pgd_service.db.models import EvalResult, Job  # noqa: E402
+from pgd_service.db.session import make_engine  # noqa: E402
 
 DATASETS = ("coco", "crowdhuman", "voc", "cityscapes")
 DETECTORS = ("fcos", "atss", "gfl", "ddod")
@@ -250,7 +250,7 @@ def main() -> None:
     from api.auth import create_token
     from api.db.aio import PsycopgDatabase
     from api.main import create_app
-    from api.settings import Settings
+    from pgd_service.settings import Settings
 
     with throwaway_schema("pgd_bench") as url:
         engine = make_engine(url)

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 
-from api.db.session import make_engine
 from api.embedded import migrate
+from pgd_service.db.session import make_engine
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

@@ -87,7 +87,7 @@ def cheap_schedule() -> dict[str, Any]:
 
 
 def make_settings(tmp: Path, database_url: str, broker_url: str, **extra: Any):
-    from api.settings import Settings
+    from pgd_service.settings import Settings
 
     settings = Settings(
         database_url=database_url,
@@ -433,10 +433,10 @@ def cmd_overhead(args: argparse.Namespace) -> dict[str, Any]:
     from mmengine.hooks import Hook
 
     import pgd_core.runner as runner_mod
-    from api.db.models import Job
-    from api.db.session import make_engine, make_session_factory
-    from api.db.types import utcnow
     from pgd_core.spec import RunSpec
+    from pgd_service.db.models import Job
+    from pgd_service.db.session import make_engine, make_session_factory
+    from pgd_service.db.types import utcnow
     from worker.reporting import Reporter
 
     class IterClock(Hook):

@@ -7,9 +7,9 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
-from api.db.models import Base
-from api.db.session import make_engine
-from api.settings import get_settings
+from pgd_service.db.models import Base
+from pgd_service.db.session import make_engine
+from pgd_service.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

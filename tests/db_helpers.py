@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from api.db.session import make_engine
+from pgd_service.db.session import make_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -86,7 +86,7 @@ def migrated_app(backend: str, tmp_path_factory: pytest.TempPathFactory, **setti
     """Yield an API app on a freshly migrated database of ``backend`` ("sqlite" or
     "postgresql"), with extra Settings fields; the engine is disposed afterwards."""
     from api.main import create_app
-    from api.settings import Settings
+    from pgd_service.settings import Settings
 
     for url in database_url_for(backend, tmp_path_factory.mktemp("db")):
         command.upgrade(alembic_config(url), "head")
@@ -111,7 +111,7 @@ def bearer(app, owner: str, *, is_admin: bool = False) -> dict[str, str]:
 
 def insert_job(app, owner: str, state: str = "queued", **values: object) -> str:
     """Insert a bare train job of ``owner`` in any state directly (no API) and return its id."""
-    from api.db.models import Job
+    from pgd_service.db.models import Job
 
     job = Job(
         kind="train",

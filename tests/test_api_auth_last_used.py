@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.auth import hash_token
-from api.db.models import ApiToken
+from pgd_service.db.models import ApiToken
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

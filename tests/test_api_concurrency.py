@@ -20,9 +20,9 @@ from db_helpers import bearer, insert_job, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.db.models import Job
 from pgd_core.presets import get_preset
 from pgd_core.synthetic import make_coco_shapes
+from pgd_service.db.models import Job
 
 THREADS = 8
 WAIT_S = 30.0  # every barrier and future is bounded: a deadlock fails instead of hanging

@@ -16,11 +16,12 @@ from db_helpers import bearer, flushed_redis, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.db.models import Job
 from api.main import create_app
-from api.services import enqueue
 from pgd_core.presets import get_preset
 from pgd_core.synthetic import make_coco_shapes
+from pgd_service import maintenance
+from pgd_service import queue as enqueue
+from pgd_service.db.models import Job
 
 Headers = dict[str, str]
 REDIS_DB = 12
@@ -162,7 +163,7 @@ def test_broker_down_accepts_the_job_and_the_resender_sends_it(
     assert _messages(queues, "cpu") == []
 
     # A maintenance pass with the broker back sends it, with a new task id.
-    report = enqueue.maintain(app.state.session_factory, app.state.settings)
+    report = maintenance.maintain(app.state.session_factory, app.state.settings)
     assert report.resent == [job_id]
     sent = _job(app, job_id)
     assert sent.enqueued_at is not None and sent.task_id != unsent.task_id
@@ -170,7 +171,7 @@ def test_broker_down_accepts_the_job_and_the_resender_sends_it(
         {"task": "pgd.run_job", "id": sent.task_id, "args": [job_id, 0], "kwargs": {}}
     ]
     # Sent recently: the next pass leaves it alone.
-    assert enqueue.maintain(app.state.session_factory, app.state.settings).resent == []
+    assert maintenance.maintain(app.state.session_factory, app.state.settings).resent == []
     assert len(_messages(queues, "cpu")) == 1
 
 
@@ -220,7 +221,7 @@ def test_sweep_with_the_broker_down_leaves_every_job_to_the_resender(
     assert response.status_code == 202, response.text
     jobs = response.json()["jobs"]
     assert [_job(app, job_id).enqueued_at for job_id in jobs] == [None, None]
-    report = enqueue.maintain(app.state.session_factory, app.state.settings)
+    report = maintenance.maintain(app.state.session_factory, app.state.settings)
     assert report.resent == jobs
     assert [m["args"] for m in _messages(queues, "cpu")] == [[job_id, 0] for job_id in jobs]
 
@@ -254,27 +255,10 @@ def test_readyz_with_an_embedded_broker_needs_no_server(
         embedded.state.engine.dispose()
 
 
-def test_task_message_is_what_send_task_writes(app: FastAPI, queues: redis.Redis) -> None:
-    """The message POST /jobs pushes itself equals Celery's own, key by key; only the
-    per-message delivery tag and the per-producer reply address differ."""
-    task_id = str(uuid.uuid4())
-    enqueue.producer(app.state.settings).send_task(
-        enqueue.TASK_NAME, args=["job-x", 2], queue="gpu", task_id=task_id
-    )
-    (theirs,) = [json.loads(raw) for raw in queues.lrange("gpu", 0, -1)]
-    ours = json.loads(enqueue.task_message(job_id="job-x", attempt=2, task_id=task_id, queue="gpu"))
-    for message in (theirs, ours):
-        for name in ("delivery_tag", "reply_to"):
-            uuid.UUID(message["properties"].pop(name))
-    assert ours == theirs
-    assert base64.b64decode(ours["body"]) == base64.b64decode(theirs["body"])
-
-
-def test_publish_writes_the_direct_message(app: FastAPI, queues: redis.Redis) -> None:
-    assert enqueue.is_direct(app.state.settings.broker_url)
+def test_publish_sends_celerys_own_message(app: FastAPI, queues: redis.Redis) -> None:
+    """publish() goes through Celery's send_task: the message on the queue list is
+    Celery's task message for pgd.run_job(job_id, attempt)."""
     assert enqueue.publish(app.state.settings, job_id="j", attempt=1, queue="cpu", task_id="t")
     assert _messages(queues, "cpu") == [
         {"task": "pgd.run_job", "id": "t", "args": ["j", 1], "kwargs": {}}
     ]
-    assert not enqueue.is_direct("sqla+sqlite:///broker.db")
-    assert not enqueue.is_direct("amqp://guest@localhost//")

@@ -24,9 +24,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.db.models import Job
 from pgd_core.presets import get_preset
 from pgd_core.synthetic import make_coco_shapes
+from pgd_service.db.models import Job
 
 PRESET = "tiny-fcos-pgd"
 EXAMPLES = {"sqlite": 60, "postgresql": 25}

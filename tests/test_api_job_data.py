@@ -17,8 +17,8 @@ from db_helpers import bearer, insert_job, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.db.models import Artifact, Job, MetricPoint
 from api.services.job_data import event_stream
+from pgd_service.db.models import Artifact, Job, MetricPoint
 
 Headers = dict[str, str]
 SSE_LIMIT_S = 10.0  # the app closes any event stream after this: a broken test cannot hang

@@ -19,9 +19,9 @@ from db_helpers import bearer, migrated_app, sent_statements
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.db.models import EvalResult, Job
 from api.routes.results import CSV_COLUMNS
 from api.services import results as service
+from pgd_service.db.models import EvalResult, Job
 
 DATASET = "coco-lb"
 NOISE_DATASET = "voc-lb"

@@ -13,9 +13,9 @@ from db_helpers import bearer, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.db.models import Job, Sweep
 from pgd_core.presets import get_preset
 from pgd_core.synthetic import make_coco_shapes
+from pgd_service.db.models import Job, Sweep
 
 Headers = dict[str, str]
 _SAMPLE = re.compile(
@@ -178,8 +178,19 @@ def _scrape(client: httpx.Client) -> dict[str, float]:
             continue
         match = _SAMPLE.match(line)
         assert match, f"not a Prometheus sample line: {line!r}"
-        samples[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+        samples[match.group(1) + _sorted_labels(match.group(2) or "")] = float(match.group(3))
     return samples
+
+
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def _sorted_labels(text: str) -> str:
+    """``{b="2",a="1"}`` -> ``{a="1",b="2"}``: label order carries no meaning."""
+    if not text:
+        return ""
+    pairs = sorted(_LABEL.findall(text))
+    return "{" + ",".join(f'{k}="{v}"' for k, v in pairs) + "}"
 
 
 def test_metrics_parse_and_count_requests(
@@ -200,7 +211,7 @@ def test_metrics_parse_and_count_requests(
     assert not any(name.count("/sweeps/") and "{sweep_id}" not in name for name in after)
     count = after['pgd_http_request_duration_seconds_count{method="GET",route="/healthz"}']
     assert count >= 3
-    inf = after['pgd_http_request_duration_seconds_bucket{method="GET",route="/healthz",le="+Inf"}']
+    inf = after['pgd_http_request_duration_seconds_bucket{le="+Inf",method="GET",route="/healthz"}']
     assert inf == count
     with app.state.session_factory() as session:
         queued = session.scalar(

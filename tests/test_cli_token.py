@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from api.cli import main
 from api.main import create_app
-from api.settings import Settings
+from pgd_service.settings import Settings
 
 
 @pytest.fixture

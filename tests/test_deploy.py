@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from api.services.enqueue import transport_options
-from api.settings import Settings
+from pgd_service.queue import transport_options
+from pgd_service.settings import Settings
 from worker.app import make_celery
 
 ROOT = Path(__file__).resolve().parents[1]

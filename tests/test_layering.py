@@ -21,6 +21,7 @@ class Block:
 sys.meta_path.insert(0, Block({blocked!r}))
 """
 SERVICE_STACK = [
+    "pgd_service",
     "fastapi",
     "starlette",
     "celery",
@@ -75,5 +76,36 @@ def test_light_modules_import_without_torch(module: str) -> None:
     proc = _run(
         BLOCKER.format(blocked=SERVICE_STACK + ["torch", "mmdet", "mmcv", "mmengine"])
         + f"import {module}"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _modules(package: str) -> list[str]:
+    return sorted(
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for path in (ROOT / package).rglob("*.py")
+    )
+
+
+@pytest.mark.parametrize("module", _modules("pgd_service"))
+def test_the_service_package_imports_neither_the_web_stack_nor_torch(module: str) -> None:
+    """pgd_service sits below api and worker: no FastAPI, no torch, neither of them."""
+    blocked = ["fastapi", "starlette", "torch", "mmdet", "mmcv", "mmengine", "api", "worker"]
+    proc = _run(BLOCKER.format(blocked=blocked) + f"import {module}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ["worker.app", "worker.tasks", "worker.execution"])
+def test_the_worker_never_imports_api(module: str) -> None:
+    proc = _run(BLOCKER.format(blocked=["api", "fastapi", "starlette"]) + f"import {module}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ["api.main", "api.cli"])
+def test_the_api_never_imports_torch(module: str) -> None:
+    """The API process stays light: torch and mmdet load only in workers."""
+    proc = _run(
+        BLOCKER.format(blocked=["torch", "mmdet", "mmcv", "mmengine"])
+        + f"import {module}\nfrom api.main import create_app\ncreate_app"
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -19,8 +19,8 @@ from db_helpers import TABLES, alembic_config, database_url_for
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.db.models import Base, EvalResult, Job, LeaderboardVersion, MetricPoint
-from api.db.session import make_engine
+from pgd_service.db.models import Base, EvalResult, Job, LeaderboardVersion, MetricPoint
+from pgd_service.db.session import make_engine
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

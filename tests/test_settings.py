@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from api.settings import Settings
+from pgd_service.settings import Settings
 
 
 def test_defaults_are_embedded_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:

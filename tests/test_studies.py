@@ -16,11 +16,11 @@ from db_helpers import bearer, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.db.models import Job, Study
-from api.services import enqueue
-from api.services.dependencies import settle_students
 from pgd_core.presets import get_preset
 from pgd_core.synthetic import make_coco_shapes
+from pgd_service import maintenance
+from pgd_service.db.models import Job, Study
+from pgd_service.lifecycle import settle_students
 
 Headers = dict[str, str]
 
@@ -110,7 +110,7 @@ def test_a_waiting_student_fails_with_its_teacher(
     teacher, student = _teacher_and_student(client, alice)
     _set_state(app, teacher, ending, reason="error" if ending == "failed" else None)
     # The maintenance pass settles it (here nobody else did).
-    report = enqueue.maintain(app.state.session_factory, app.state.settings)
+    report = maintenance.maintain(app.state.session_factory, app.state.settings)
     assert student in report.teacher_failed
     job = _job(app, student)
     assert (job.state, job.reason) == ("failed", "teacher_failed")

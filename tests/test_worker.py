@@ -24,11 +24,11 @@ from db_helpers import bearer, flushed_redis
 from fastapi.testclient import TestClient
 from worker_helpers import PrivateRedis, Stack, distinct_steps_ok, free_port, stack, tiny_spec
 
-from api.db.models import Job
-from api.db.types import utcnow
 from api.embedded import home_env, settings_env, wait_ready
 from api.main import create_app
 from pgd_core.synthetic import make_coco_shapes
+from pgd_service.db.models import Job
+from pgd_service.db.types import utcnow
 
 MACHINE_REDIS = "redis://127.0.0.1:6379/10"
 

@@ -13,10 +13,10 @@ import pytest
 import sqlalchemy as sa
 from worker_helpers import Stack, stack, tiny_spec
 
-from api.db.models import Job, MetricPoint
-from api.db.types import utcnow
-from api.services.enqueue import reap
 from api.services.jobs import new_job
+from pgd_service.db.models import Job, MetricPoint
+from pgd_service.db.types import utcnow
+from pgd_service.maintenance import reap
 from worker.execution import Outcome, claim, execute, finish
 from worker.reporting import LostOwnership, Reporter, forget_steps_after
 

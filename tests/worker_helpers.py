@@ -20,14 +20,14 @@ import sqlalchemy as sa
 from alembic import command
 from db_helpers import alembic_config, database_url_for
 
-from api.db.models import Artifact, EvalResult, Job, MetricPoint
-from api.db.session import make_engine, make_session_factory
 from api.embedded import start_worker, stop_worker
-from api.services.enqueue import MaintenanceReport, maintain
-from api.settings import Settings
 from pgd_core.presets import get_preset
 from pgd_core.spec import RunSpec
 from pgd_core.synthetic import make_coco_shapes
+from pgd_service.db.models import Artifact, EvalResult, Job, MetricPoint
+from pgd_service.db.session import make_engine, make_session_factory
+from pgd_service.maintenance import MaintenanceReport, maintain
+from pgd_service.settings import Settings
 
 # Fast failure detection for tests; production defaults are minutes.
 FAST = {

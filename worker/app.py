@@ -10,8 +10,8 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
-from api.services.enqueue import QUEUES, transport_options
-from api.settings import Settings, get_settings
+from pgd_service.queue import QUEUES, transport_options
+from pgd_service.settings import Settings, get_settings
 
 
 def make_celery(settings: Settings | None = None) -> Celery:

@@ -18,12 +18,11 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import ACTIVE_STATES, Artifact, EvalResult, Job
-from api.db.session import make_engine, make_session_factory
-from api.db.types import rowcount, utcnow
-from api.services.dependencies import settle_students
-from api.services.results import METRICS
-from api.settings import Settings
+from pgd_service.db.models import ACTIVE_STATES, METRICS, Artifact, EvalResult, Job
+from pgd_service.db.session import make_engine, make_session_factory
+from pgd_service.db.types import rowcount, utcnow
+from pgd_service.lifecycle import settle_students
+from pgd_service.settings import Settings
 from worker.reporting import LostOwnership, Reporter, forget_steps_after
 
 log = logging.getLogger("pgd.worker")

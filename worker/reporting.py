@@ -17,9 +17,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import ACTIVE_STATES, Job, MetricPoint
-from api.db.types import rowcount, utcnow
 from pgd_core.runner import RunCallbacks
+from pgd_service.db.models import ACTIVE_STATES, Job, MetricPoint
+from pgd_service.db.types import rowcount, utcnow
 
 log = logging.getLogger("pgd.worker")
 

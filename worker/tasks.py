@@ -14,7 +14,7 @@ import socket
 from sqlalchemy.exc import SQLAlchemyError
 
 import pgd_core.runner  # noqa: F401 - imported once in the parent, shared by every forked child
-from api.services.enqueue import TASK_NAME
+from pgd_service.queue import TASK_NAME
 from worker.app import celery_app
 from worker.execution import execute
 

@@ -9,7 +9,7 @@ api.runtime), opened and closed by the app's lifespan:
   no COMMIT: the SQLAlchemy sync path pays four (pre-ping, BEGIN, the statement,
   COMMIT) and a trip to the thread pool. The statements are SQLAlchemy Core
   objects compiled once for the psycopg dialect, so the schema keeps one
-  definition (api.db.models). When the server has closed the connection a
+  definition (pgd_service.db.models). When the server has closed the connection a
   statement was sent on (a restart, ``pg_terminate_backend``), the pool's idle
   connections are checked (the dead dropped) and the statement is sent once more:
   only statements that are safe to repeat go through here (reads, guarded
@@ -39,7 +39,7 @@ from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.base import Executable
 
-from api.db.session import PREPARE_THRESHOLD, make_engine
+from pgd_service.db.session import PREPARE_THRESHOLD, make_engine
 
 log = logging.getLogger("pgd.db")
 
@@ -50,7 +50,7 @@ T = TypeVar("T")
 APPLICATION_NAME = "pgd-api"
 #: Connections of an API process's async pool. A request holds one only while its
 #: statement runs, so ten serve many concurrent requests (the sync routes' pool,
-#: api.db.session, is sized for the thread pool instead).
+#: pgd_service.db.session, is sized for the thread pool instead).
 ASYNC_POOL_SIZE = 10
 
 

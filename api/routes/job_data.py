@@ -7,14 +7,14 @@ from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from api.auth import Caller, current_token
-from api.db.models import Artifact, Job
 from api.deps import get_app_settings, get_db
 from api.schemas import JobRead
 from api.schemas_job_data import ArtifactRead, MetricSeries
 from api.services import job_data as service
 from api.services import jobs as job_service
-from api.services.dependencies import TeacherNotReady
-from api.settings import Settings
+from pgd_service.db.models import Artifact, Job
+from pgd_service.lifecycle import TeacherNotReady
+from pgd_service.settings import Settings
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

@@ -9,12 +9,12 @@ from sqlalchemy.orm import Session
 
 from api import runtime
 from api.auth import Caller, current_token
-from api.db.models import Job
 from api.deps import get_app_settings, get_db
 from api.problems import problem
 from api.schemas import JobCreate, JobPage, JobRead
 from api.services import jobs as service
-from api.settings import Settings
+from pgd_service.db.models import Job
+from pgd_service.settings import Settings
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 _JOB_READ_FIELDS = tuple(JobRead.model_fields)

@@ -1,4 +1,4 @@
-"""``GET /metrics``: Prometheus text exposition.
+"""``GET /metrics``: Prometheus exposition, written by prometheus_client.
 
 No token is required, on purpose: Prometheus scrapers are usually configured
 without per-service bearer secrets, and this endpoint shows only aggregates
@@ -9,31 +9,24 @@ hide even aggregates restrict ``/metrics`` at the ingress.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import PlainTextResponse
-from sqlalchemy import func, select
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.orm import Session
 
-from api.db.models import JOB_STATES, Job
 from api.deps import get_db
-from api.observability import RequestMetrics, labels
+from api.observability import JobStateCollector, RequestMetrics
+from api.services.job_data import count_by_state
 
 router = APIRouter(tags=["health"])
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-def metrics(request: Request, db_session: Session = Depends(get_db)) -> PlainTextResponse:
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request, db_session: Session = Depends(get_db)) -> Response:
     """Job gauges from the database and this process's request metrics."""
-    counts = dict.fromkeys(JOB_STATES, 0)
-    for state, count in db_session.execute(select(Job.state, func.count()).group_by(Job.state)):
-        counts[state] = int(count)
-    lines = [
-        "# HELP pgd_jobs Jobs in the database, by state.",
-        "# TYPE pgd_jobs gauge",
-        *(f"pgd_jobs{labels(state=state)} {count}" for state, count in counts.items()),
-    ]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(JobStateCollector(lambda: count_by_state(db_session)))
+    body = generate_latest(registry)
     store: RequestMetrics | None = getattr(request.app.state, "request_metrics", None)
     if store is not None:
-        lines.extend(store.exposition())
-    return PlainTextResponse("\n".join(lines) + "\n", media_type=CONTENT_TYPE)
+        body += generate_latest(store.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

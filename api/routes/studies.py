@@ -14,7 +14,7 @@ from api.problems import problem
 from api.schemas_studies import StudyCreate, StudyCreated, StudyRead
 from api.services import studies as service
 from api.services.jobs import SpecRejected
-from api.settings import Settings
+from pgd_service.settings import Settings
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -11,7 +11,7 @@ from api.deps import get_app_settings, get_db
 from api.problems import field_errors, problem
 from api.schemas_sweeps import SweepCreate, SweepCreated, SweepRead
 from api.services import sweeps as service
-from api.settings import Settings
+from pgd_service.settings import Settings
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 

@@ -38,8 +38,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db.models import EvalResult, Job
 from api.services.results import DELTA_METRICS, METRICS, ResultFilters, parse_sort
+from pgd_service.db.models import EvalResult, Job
 
 #: Metrics summarised per group (every result metric); the paired deltas and the
 #: gap are given for GAP_METRICS.

@@ -14,10 +14,11 @@ import anyio
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import JOB_STATES, Artifact, Job, MetricPoint
-from api.db.types import rowcount, utcnow
-from api.services import dependencies, enqueue
-from api.settings import Settings
+from pgd_service import lifecycle
+from pgd_service import queue as enqueue
+from pgd_service.db.models import JOB_STATES, Artifact, Job, MetricPoint
+from pgd_service.db.types import rowcount, utcnow
+from pgd_service.settings import Settings
 
 RETRYABLE = ("failed", "cancelled")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -30,7 +31,7 @@ class ArtifactOutsideWorkRoot(Exception):
 def retry(*, db_session: Session, settings: Settings, job: Job) -> bool:
     """Failed or cancelled -> queued with the attempt raised, then sent; False for any
     other state. A student whose teacher job has not finished goes back to
-    ``waiting`` instead; one whose teacher failed raises dependencies.TeacherNotReady.
+    ``waiting`` instead; one whose teacher failed raises lifecycle.TeacherNotReady.
 
     One guarded UPDATE (compare-and-set on the state), so a concurrent retry or
     state change can never queue the job twice. It gives the new attempt a task id
@@ -40,7 +41,7 @@ def retry(*, db_session: Session, settings: Settings, job: Job) -> bool:
     now = utcnow()
     if job.state not in RETRYABLE:
         return False
-    target = dependencies.state_after_retry(db_session, job)
+    target = lifecycle.state_after_retry(db_session, job)
     waiting = target == "waiting"
     result = db_session.execute(
         update(Job)
@@ -68,7 +69,7 @@ def retry(*, db_session: Session, settings: Settings, job: Job) -> bool:
         return False
     if waiting:
         # The teacher may have finished since it was read.
-        dependencies.settle_students(db_session, settings, job.teacher_job_id or "")
+        lifecycle.settle_students(db_session, settings, job.teacher_job_id or "")
         db_session.refresh(job)
         return True
     if not enqueue.send_job(db_session, settings, job):
@@ -313,3 +314,11 @@ async def event_stream(
         elif time.monotonic() - last_sent >= keepalive_s:
             last_sent = time.monotonic()
             yield ": keep-alive\n\n"
+
+
+def count_by_state(db_session: Session) -> dict[str, int]:
+    """Jobs per state, every state listed (zero where none)."""
+    counts = dict.fromkeys(JOB_STATES, 0)
+    for state, count in db_session.execute(select(Job.state, func.count()).group_by(Job.state)):
+        counts[state] = int(count)
+    return counts

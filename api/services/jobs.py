@@ -23,13 +23,14 @@ from sqlalchemy.sql.base import Executable
 
 from api.auth import Caller
 from api.db.aio import AsyncDatabase
-from api.db.models import Job, next_job_seq
-from api.db.types import rowcount, utcnow
 from api.runtime import Runtime
-from api.services import dependencies, enqueue
-from api.settings import Settings
 from pgd_core.datasets import MANIFEST_NAME, DatasetError, DatasetInfo, load_dataset_info
 from pgd_core.spec import ModelSpec, RunSpec
+from pgd_service import lifecycle
+from pgd_service import queue as enqueue
+from pgd_service.db.models import Job, next_job_seq
+from pgd_service.db.types import rowcount, utcnow
+from pgd_service.settings import Settings
 
 log = logging.getLogger("pgd.jobs")
 
@@ -305,7 +306,7 @@ def job_values(
     because it is sent right after its commit; if that send fails, ``enqueued_at``
     is cleared, and if the process dies in between, the stale ``enqueued_at`` has
     the re-sender send it later. A ``waiting`` job (its teacher job has not
-    finished) is sent when the teacher succeeds (api.services.dependencies).
+    finished) is sent when the teacher succeeds (pgd_service.lifecycle).
     ``spec_hash``: ``spec.spec_hash()`` if the caller has it."""
     now = now or utcnow()
     baseline = spec.baseline_spec()
@@ -517,7 +518,7 @@ async def _release_if_teacher_done(
 ) -> Mapping[str, Any]:
     """A student stored ``waiting`` whose teacher succeeded meanwhile (after the check,
     before the INSERT) is queued and sent now; any other outcome of the teacher is
-    settled by the worker or the next maintenance pass (api.services.dependencies)."""
+    settled by the worker or the next maintenance pass (pgd_service.lifecycle)."""
     teacher = await db.fetch_one(_TEACHER_STATE, {"teacher_id": row["teacher_job_id"]})
     if teacher is None or teacher["state"] != "succeeded":
         return row
@@ -600,6 +601,6 @@ def cancel(*, db_session: Session, settings: Settings, job: Job) -> bool:
     db_session.commit()
     db_session.refresh(job)
     if job.state == "cancelled":
-        dependencies.settle_students(db_session, settings, job.id)
+        lifecycle.settle_students(db_session, settings, job.id)
     # A second cancel of a job still stopping is accepted again, not a conflict.
     return rowcount(result) == 1 or job.state == "cancelling"

@@ -63,13 +63,12 @@ from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.orm import Session, aliased
 
 from api.db.aio import AsyncDatabase
-from api.db.models import EvalResult, Job, LeaderboardVersion
 from api.schemas import ResultPage
+from pgd_service.db.models import METRICS, EvalResult, Job, LeaderboardVersion
 
 # A fetched row by column name (SQLAlchemy's RowMapping is keyed by more than str).
 Row: TypeAlias = Mapping[Any, Any]
 
-METRICS: tuple[str, ...] = ("ap", "ap50", "ap75", "aps", "apm", "apl", "mr", "ji")
 SORT_KEYS: tuple[str, ...] = (*METRICS, "created_at")
 DELTA_METRICS: tuple[str, ...] = ("ap", "mr", "ji")
 DEFAULT_SORT = "-ap"

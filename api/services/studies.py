@@ -9,7 +9,7 @@ A study expands to
 - per (method, seed) for every other method, a ``distill`` job whose
   ``teacher_ref`` is the teacher job: it is stored ``waiting`` and queued when the
   teacher succeeds, or fails (reason ``teacher_failed``) when it does not
-  (api.services.dependencies).
+  (pgd_service.lifecycle).
 
 Everything is validated before anything is stored, and the study and all its
 jobs are one transaction. Its table is :func:`api.services.groups.grouped_rows`
@@ -28,15 +28,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.auth import Caller
-from api.db.models import JOB_STATES, Job, Study
-from api.services import dependencies
 from api.services.groups import grouped_rows
 from api.services.jobs import RefChecker, SpecRejected, new_job
 from api.services.results import ResultFilters
 from api.services.sweeps import send_all
-from api.settings import Settings
 from pgd_core.presets import paper_distill
 from pgd_core.spec import KD_METHODS, RunSpec
+from pgd_service import lifecycle
+from pgd_service.db.models import JOB_STATES, Job, Study
+from pgd_service.settings import Settings
 
 
 class StudyRejected(ValueError):
@@ -207,7 +207,7 @@ def create(
     db_session.commit()
     send_all(db_session, settings, [job for job in jobs if job.state == "queued"])
     for teacher_id in {job.teacher_job_id for job in jobs if job.state == "waiting"}:
-        dependencies.settle_students(db_session, settings, teacher_id or "")
+        lifecycle.settle_students(db_session, settings, teacher_id or "")
     return study, jobs
 
 

@@ -11,11 +11,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from api.auth import Caller
-from api.db.models import JOB_STATES, Job, Sweep
-from api.services import dependencies, enqueue
 from api.services.jobs import RefChecker, SpecRejected, new_job
-from api.settings import Settings
 from pgd_core.spec import RunSpec
+from pgd_service import lifecycle
+from pgd_service import queue as enqueue
+from pgd_service.db.models import JOB_STATES, Job, Sweep
+from pgd_service.settings import Settings
 
 
 class InvalidCombination(ValueError):
@@ -103,7 +104,7 @@ def create(
     db_session.commit()
     send_all(db_session, settings, [job for job in jobs if job.state == "queued"])
     for teacher in {job.teacher_job_id for job in jobs if job.state == "waiting"}:
-        dependencies.settle_students(db_session, settings, teacher or "")
+        lifecycle.settle_students(db_session, settings, teacher or "")
     return sweep, jobs
 
 

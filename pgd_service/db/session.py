@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.settings import get_settings
+from pgd_service.settings import get_settings
 
 # Connections a process may hold: as many as the threads that run sync routes
 # (anyio's default limiter: 40), so under load no request waits in the pool

@@ -28,7 +28,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column
 from sqlalchemy.sql.selectable import ScalarSelect
 
-from api.db.types import BigIntPK, UTCDateTime, utcnow
+from pgd_service.db.types import BigIntPK, UTCDateTime, utcnow
+
+#: The metric columns of ``eval_results`` (COCO AP family, CrowdHuman MR and JI).
+METRICS: tuple[str, ...] = ("ap", "ap50", "ap75", "aps", "apm", "apl", "mr", "ji")
 
 JOB_STATES: tuple[str, ...] = (
     # A student whose teacher job has not finished: queued when it succeeds,

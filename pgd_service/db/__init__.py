@@ -1,6 +1,6 @@
 """Persistence: SQLAlchemy 2 models (one schema, created only through Alembic) and sessions."""
 
-from api.db.models import (
+from pgd_service.db.models import (
     JOB_STATES,
     ApiToken,
     Artifact,

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, aliased
 
-from api.db.models import Job
-from api.db.types import rowcount, utcnow
-from api.services import enqueue
-from api.settings import Settings
+from pgd_service import queue as enqueue
+from pgd_service.db.models import Job
+from pgd_service.db.types import rowcount, utcnow
+from pgd_service.settings import Settings
 
-log = logging.getLogger("pgd.dependencies")
+log = logging.getLogger("pgd.lifecycle")
 
 #: Terminal states of a teacher that its students cannot start from.
 TEACHER_LOST = ("failed", "cancelled")
