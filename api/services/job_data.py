@@ -322,3 +322,20 @@ def count_by_state(db_session: Session) -> dict[str, int]:
     for state, count in db_session.execute(select(Job.state, func.count()).group_by(Job.state)):
         counts[state] = int(count)
     return counts
+
+
+def group_summary(db_session: Session, condition: Any) -> tuple[dict[str, int], int, float]:
+    """(jobs per state with every state present, total, mean progress) of the jobs
+    matching ``condition`` (a sweep's or a study's), in one query."""
+    rows = db_session.execute(
+        select(Job.state, func.count(), func.coalesce(func.sum(Job.progress), 0.0))
+        .where(condition)
+        .group_by(Job.state)
+    ).all()
+    states = dict.fromkeys(JOB_STATES, 0)
+    total, progress = 0, 0.0
+    for state, count, progress_sum in rows:
+        states[state] = int(count)
+        total += int(count)
+        progress += float(progress_sum)
+    return states, total, (progress / total if total else 0.0)

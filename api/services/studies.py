@@ -24,18 +24,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth import Caller
 from api.services.groups import grouped_rows
+from api.services.job_data import group_summary
 from api.services.jobs import RefChecker, SpecRejected, new_job
 from api.services.results import ResultFilters
 from api.services.sweeps import send_all
 from pgd_core.presets import paper_distill
 from pgd_core.spec import KD_METHODS, RunSpec
 from pgd_service import lifecycle
-from pgd_service.db.models import JOB_STATES, Job, Study
+from pgd_service.db.models import Job, Study
 from pgd_service.settings import Settings
 
 
@@ -220,19 +221,8 @@ def get(*, db_session: Session, study_id: str, token: Caller) -> Study | None:
 
 
 def summary(*, db_session: Session, study: Study) -> tuple[dict[str, int], int, float]:
-    """(jobs per state with every state present, total, mean progress)."""
-    rows = db_session.execute(
-        select(Job.state, func.count(), func.coalesce(func.sum(Job.progress), 0.0))
-        .where(Job.study_id == study.id)
-        .group_by(Job.state)
-    ).all()
-    states = dict.fromkeys(JOB_STATES, 0)
-    total, progress = 0, 0.0
-    for state, count, progress_sum in rows:
-        states[state] = int(count)
-        total += int(count)
-        progress += float(progress_sum)
-    return states, total, (progress / total if total else 0.0)
+    """(jobs per state with every state present, total, mean progress) in one query."""
+    return group_summary(db_session, Job.study_id == study.id)
 
 
 def jobs_of(db_session: Session, study: Study) -> list[Job]:

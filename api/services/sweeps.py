@@ -7,15 +7,16 @@ import itertools
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.auth import Caller
+from api.services.job_data import group_summary
 from api.services.jobs import RefChecker, SpecRejected, new_job
 from pgd_core.spec import RunSpec
 from pgd_service import lifecycle
 from pgd_service import queue as enqueue
-from pgd_service.db.models import JOB_STATES, Job, Sweep
+from pgd_service.db.models import Job, Sweep
 from pgd_service.settings import Settings
 
 
@@ -136,16 +137,4 @@ def get(*, db_session: Session, sweep_id: str, token: Caller) -> Sweep | None:
 
 def summary(*, db_session: Session, sweep: Sweep) -> tuple[dict[str, int], int, float]:
     """(jobs per state with every state present, total, mean progress) in one query."""
-    rows = db_session.execute(
-        select(Job.state, func.count(), func.coalesce(func.sum(Job.progress), 0.0))
-        .where(Job.sweep_id == sweep.id)
-        .group_by(Job.state)
-    ).all()
-    states = dict.fromkeys(JOB_STATES, 0)
-    total = 0
-    progress_sum = 0.0
-    for state, count, progress in rows:
-        states[state] = int(count)
-        total += int(count)
-        progress_sum += float(progress)
-    return states, total, (progress_sum / total if total else 0.0)
+    return group_summary(db_session, Job.sweep_id == sweep.id)
