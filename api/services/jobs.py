@@ -485,18 +485,26 @@ async def create(
         row = mine
     if row["state"] == "waiting":
         return await _release_if_teacher_done(db, runtime, row), True
+    return await _publish(db, runtime, row), True
+
+
+async def _publish(
+    db: AsyncDatabase, runtime: Runtime, row: Mapping[str, Any]
+) -> Mapping[str, Any]:
+    """Send a queued row stored already marked as sent; if the broker refuses, clear
+    ``enqueued_at`` (the re-sender's mark) and return the row as it is now."""
     sent = await runtime.publisher.publish(
         job_id=row["id"],
         attempt=row["attempt"],
         queue=enqueue.queue_for(row["spec"]),
         task_id=row["task_id"],
     )
-    if not sent:
-        unsent = await db.fetch_one(
-            _UNSENT, {"job_id": row["id"], "sent_attempt": row["attempt"], "now": utcnow()}
-        )
-        row = unsent or row
-    return row, True
+    if sent:
+        return row
+    unsent = await db.fetch_one(
+        _UNSENT, {"job_id": row["id"], "sent_attempt": row["attempt"], "now": utcnow()}
+    )
+    return unsent or row
 
 
 _TEACHER_STATE = select(_JOBS.c.state).where(_JOBS.c.id == bindparam("teacher_id"))
@@ -526,19 +534,7 @@ async def _release_if_teacher_done(
     released = await db.fetch_one(_RELEASE, params)
     if released is None:
         return row
-    sent = await runtime.publisher.publish(
-        job_id=released["id"],
-        attempt=released["attempt"],
-        queue=enqueue.queue_for(released["spec"]),
-        task_id=released["task_id"],
-    )
-    if not sent:
-        unsent = await db.fetch_one(
-            _UNSENT,
-            {"job_id": released["id"], "sent_attempt": released["attempt"], "now": utcnow()},
-        )
-        return unsent or released
-    return released
+    return await _publish(db, runtime, released)
 
 
 def encode_cursor(seq: int) -> str:
