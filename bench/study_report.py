@@ -5,7 +5,7 @@ Every number comes from the study's JSON (``GET /studies/{id}`` and ``GET
 study's table. A paired delta "exceeds seed noise" when its 95 % t interval
 (n - 1 degrees of freedom over the paired seeds) excludes zero.
 
-    .venv/bin/python bench/study_report.py var/study-fcos/study.json
+    .venv/bin/python bench/study_report.py docs/studies/fcos.json
 """
 
 from __future__ import annotations
@@ -104,9 +104,11 @@ def table(study: dict[str, Any], results: dict[str, float], label: str = "method
 
 
 def _results(path: Path, study: dict[str, Any]) -> dict[str, float]:
-    """Per-job AP: the study's own ``results``, completed from the stack's database
-    beside ``study.json`` (``pgd.db``) for studies saved without them."""
+    """Per-job AP: the study's own ``results`` and ``all_results`` (docs/studies/ adds
+    every result of the stack's database), completed from the database beside
+    ``study.json`` (``pgd.db``) when there is one."""
     results = {r["job_id"]: r["ap"] for r in study.get("results", [])}
+    results.update(study.get("all_results", {}))
     database = path.parent / "pgd.db"
     if database.is_file():
         with sqlite3.connect(database) as conn:
@@ -130,9 +132,10 @@ def main(argv: list[str]) -> int:
             print()
             for method, by_seed in _values(extra, results).items():
                 values[f"{method} alpha={extra['alpha']:g}"] = by_seed
-        if "inherit" in values:
-            print("\n".join(versus(values, values["inherit"], "inherit")))
-            print()
+        for control in ("inherit", "pgd"):
+            if control in values:
+                print("\n".join(versus(values, values[control], control)))
+                print()
     return 0
 
 
