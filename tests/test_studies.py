@@ -328,3 +328,20 @@ def test_a_study_on_a_finished_teacher_job_queues_every_student(
     assert created["teacher_job_id"] == teacher and len(created["jobs"]) == 2
     jobs = _study_jobs(app, created["id"])
     assert sorted((j.method, j.state) for j in jobs) == [("none", "queued"), ("pgd", "queued")]
+
+
+def test_the_chart_of_a_study_without_results_says_so(
+    app: FastAPI, client: httpx.Client, alice: Headers, tmp_path
+) -> None:
+    from pgd_core.evaluation.png import read_plot_text
+
+    created = client.post("/studies", json=_study(name="empty"), headers=alice).json()
+    response = client.get(f"/studies/{created['id']}/chart.png", headers=alice)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    (tmp_path / "chart.png").write_bytes(response.content)
+    text = read_plot_text(tmp_path / "chart.png")
+    assert text == {"Title": "study empty: AP over seeds", "Description": ""}
+    bad = client.get(f"/studies/{created['id']}/chart.png?metric=nope", headers=alice)
+    assert bad.status_code == 422
+    assert client.get("/studies/nope/chart.png", headers=alice).status_code == 404

@@ -278,8 +278,14 @@ def chart_png(rows: list[dict[str, Any]], metric: str, title: str) -> bytes:
             )
         ax.set_ylabel(metric.upper())
         ax.set_title(title)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        fig.tight_layout()
+        if students or teachers:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+            fig.tight_layout()
+        else:
+            ax.set_axis_off()
+            ax.text(
+                0.5, 0.5, f"no {metric.upper()} results yet", ha="center", transform=ax.transAxes
+            )
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", metadata={"Software": None, **plot_text(fig)})
         return buffer.getvalue()
