@@ -103,7 +103,8 @@ def _maintain(argv: list[str]) -> int:
         print(
             f"resent {len(report.resent)}, requeued {len(report.requeued)}, "
             f"worker_lost {len(report.lost)}, cancelled {len(report.cancelled)}, "
-            f"revoked {len(report.revoked)}",
+            f"revoked {len(report.revoked)}, students released {len(report.released)}, "
+            f"students failed with their teacher {len(report.teacher_failed)}",
             flush=True,
         )
         if args.once:

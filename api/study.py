@@ -248,6 +248,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.no_init_student and "inherit" in args.methods:
+        parser().error(
+            "--no-init-student: method inherit is the teacher's initialisation; "
+            "drop it from --methods"
+        )
     unknown = [m for m in (*args.methods, *args.extra_alpha_methods) if m not in METHODS]
     if unknown:
         parser().error(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")

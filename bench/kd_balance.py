@@ -30,7 +30,7 @@ import torch
 from pgd_core.balance import gradient_balance
 from pgd_core.presets import get_preset
 from pgd_core.runner import build_runner
-from pgd_core.spec import RunSpec
+from pgd_core.spec import KD_METHODS, RunSpec
 
 
 def _spec(args: argparse.Namespace) -> RunSpec:
@@ -48,6 +48,8 @@ def _spec(args: argparse.Namespace) -> RunSpec:
 def measure(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     spec = _spec(args)
+    if spec.method not in KD_METHODS:
+        raise SystemExit(f"--method {spec.method} adds no KD loss: nothing to balance")
     with tempfile.TemporaryDirectory() as work:
         runner = build_runner(
             spec, work, data_root=args.data_root, teacher_checkpoint=args.teacher, resume=False

@@ -47,10 +47,11 @@ class GradientBalance:
 
 
 def _total(value: Any) -> Any:
-    """A loss entry as mmengine sums it: a tensor, or a list of per-level tensors."""
+    """A loss entry as mmengine's parse_losses reduces it: the mean of a tensor, the
+    sum of the means of a list of them."""
     if isinstance(value, (list, tuple)):
-        return sum(item.sum() for item in value)
-    return value
+        return sum(item.mean() for item in value)
+    return value.mean()
 
 
 def gradient_balance(model: nn.Module, batches: Iterable[Any], alpha: float) -> GradientBalance:

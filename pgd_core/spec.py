@@ -143,7 +143,8 @@ class RunSpec(_Frozen):
     teacher_ref: str | None = Field(
         None,
         pattern=_NAME_PATTERN,
-        description="finished job id or registered checkpoint name of the teacher",
+        description="the teacher's job id (a job that has not finished yet makes this "
+        "one wait for it) or a registered checkpoint name",
     )
     checkpoint_ref: str | None = Field(
         None, pattern=_NAME_PATTERN, description="evaluate: the checkpoint to evaluate"

@@ -182,13 +182,16 @@ def test_single_seed_group_and_the_controls_group(
     )
     assert inherit["gap_recovered_ap"] == pytest.approx(11 / 21)
     controls = next(g for g in groups if g["config_hash"] == scene["base_hash"])
-    # Every control run is a member: 30, 29, 32, 31 -> mean 30.5, sd sqrt(5/3).
-    assert (controls["kind"], controls["method"], controls["n"]) == ("train", "none", 4)
-    assert controls["ap_mean"] == pytest.approx(30.5)
-    assert controls["ap_sd"] == pytest.approx(math.sqrt(5 / 3))
+    # Seed 0 ran twice: its newer run (29) is the sample, as in the pairing; so
+    # 29, 32, 31 -> mean 92/3, squared deviations 25/9 + 16/9 + 1/9 = 42/9, sd sqrt(7/3).
+    assert (controls["kind"], controls["method"], controls["n"]) == ("train", "none", 3)
+    assert controls["seeds"] == [0, 1, 2] and len(controls["job_ids"]) == 3
+    assert scene["controls"][0] not in controls["job_ids"]
+    assert controls["ap_mean"] == pytest.approx(92 / 3)
+    assert controls["ap_sd"] == pytest.approx(math.sqrt(7 / 3))
     assert controls["delta_ap_n"] == 0 and controls["delta_ap_mean"] is None
     assert controls["teacher_ap"] is None and controls["gap_recovered_ap"] is None
-    # Ordered by mean AP, highest first: teacher 50, inherit 40, pgd 36.3, controls 30.5.
+    # Ordered by mean AP, highest first: teacher 50, inherit 40, pgd 36.3, controls 30.7.
     assert [g["ap_mean"] for g in groups] == sorted((g["ap_mean"] for g in groups), reverse=True)
     assert len(groups) == 4
 

@@ -341,7 +341,10 @@ def test_the_chart_of_a_study_without_results_says_so(
     assert response.headers["content-type"] == "image/png"
     (tmp_path / "chart.png").write_bytes(response.content)
     text = read_plot_text(tmp_path / "chart.png")
-    assert text == {"Title": "study empty: AP over seeds", "Description": ""}
+    assert text == {
+        "Title": "study empty: AP over seeds\nno AP results yet",
+        "Description": "",
+    }
     bad = client.get(f"/studies/{created['id']}/chart.png?metric=nope", headers=alice)
     assert bad.status_code == 422
     assert client.get("/studies/nope/chart.png", headers=alice).status_code == 404

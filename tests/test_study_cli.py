@@ -124,10 +124,10 @@ def test_the_alpha_study_pairs_with_the_main_studys_controls(
     controls = [j for j in body["jobs"] if j["method"] == "none" and j["role"] == "student"]
     control = {j["seed"]: ap[j["id"]] for j in controls}
     assert row["seeds"] == [0, 1] and row["delta_ap_n"] == 2
-    # Its delta is its mean minus the controls' mean (pairs over the same seeds).
-    assert row["delta_ap_mean"] == pytest.approx(
-        row["ap_mean"] - statistics.fmean(control.values())
-    )
+    mine = {j["seed"]: ap[j["id"]] for j in extra["jobs"]}
+    diffs = [mine[s] - control[s] for s in (0, 1)]
+    assert row["delta_ap_mean"] == pytest.approx(statistics.fmean(diffs))
+    assert row["delta_ap_sd"] == pytest.approx(statistics.stdev(diffs))
 
 
 def test_the_chart_shows_the_table(study: tuple[dict, str, Path]) -> None:

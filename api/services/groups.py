@@ -5,7 +5,8 @@ spec without its seed, :meth:`pgd_core.spec.RunSpec.config_hash`). For each
 metric it gives the mean over the
 group's rows that have the metric, the sample standard deviation (n - 1), and a
 95 % confidence interval of the mean (Student's t with n - 1 degrees of
-freedom); with one row the sd and the interval are empty, not zero. Its
+freedom); with one row the sd and the interval are empty, not zero. A seed
+run more than once counts once, by its newest result. Its
 metrics are those of the leaderboard (``ap``, ``ap50`` ... ``mr``, ``ji``).
 
 Distilled groups also carry, for ``ap``, ``mr`` and ``ji``:
@@ -157,8 +158,18 @@ def _members(db_session: Session, filters: ResultFilters) -> list[_Member]:
         query = query.where(Job.kind == filters.kind)
     if filters.study is not None:
         query = query.where(Job.study_id == filters.study)
-    query = query.order_by(EvalResult.id).limit(GROUP_CAP)
+    # Newest first: past the cap, the oldest results are the ones left out.
+    query = query.order_by(EvalResult.id.desc()).limit(GROUP_CAP)
     return [_member(r) for r in db_session.execute(query)]
+
+
+def _one_per_seed(members: list[_Member]) -> list[_Member]:
+    """The newest result of each (configuration, seed): a seed run twice is one sample,
+    not two (the paired controls are chosen the same way)."""
+    kept: dict[tuple[str, object], _Member] = {}
+    for m in sorted(members, key=lambda m: m.created_at):
+        kept[(m.config_hash, m.seed if m.seed is not None else m.job_id)] = m
+    return sorted(kept.values(), key=lambda m: m.created_at)
 
 
 def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
@@ -270,7 +281,7 @@ def grouped_rows(
     """Every group of the matching results, ordered by ``sort`` applied to the groups'
     means (``created_at``: the newest row of each group), empty values last."""
     key, descending = parse_sort(sort)
-    members = _members(db_session, filters)
+    members = _one_per_seed(_members(db_session, filters))
     groups: dict[str, list[_Member]] = {}
     for m in members:
         groups.setdefault(m.config_hash, []).append(m)

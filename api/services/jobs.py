@@ -516,6 +516,7 @@ _RELEASE = (
         task_id=bindparam("task_id"),
         enqueued_at=bindparam("now"),
         updated_at=bindparam("now"),
+        message=None,
     )
     .returning(*_JOBS.c)
 )

@@ -277,15 +277,13 @@ def chart_png(rows: list[dict[str, Any]], metric: str, title: str) -> bytes:
                 label=f"teacher: {r[f'{metric}_mean']:.1f} (n={r[f'{metric}_n']})",
             )
         ax.set_ylabel(metric.upper())
-        ax.set_title(title)
-        if students or teachers:
+        empty = not (students or teachers)
+        ax.set_title(f"{title}\nno {metric.upper()} results yet" if empty else title)
+        if not empty:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
             fig.tight_layout()
         else:
             ax.set_axis_off()
-            ax.text(
-                0.5, 0.5, f"no {metric.upper()} results yet", ha="center", transform=ax.transAxes
-            )
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", metadata={"Software": None, **plot_text(fig)})
         return buffer.getvalue()
