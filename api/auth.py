@@ -22,15 +22,16 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TypeAlias, cast
 
-from fastapi import Depends, HTTPException, Request
+import anyio
+from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Table, bindparam, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from api import runtime
-from api.db.aio import AsyncDatabase
+from api.deps import get_app_settings, get_session_factory
 from pgd_service.db.models import ApiToken
 from pgd_service.db.types import utcnow
+from pgd_service.settings import Settings
 
 TOKEN_PREFIX = "pgd_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -63,12 +64,6 @@ class _Cached:
 CacheKey: TypeAlias = tuple[str, str]
 _cache: dict[CacheKey, _Cached] = {}
 _cache_lock = threading.Lock()
-
-
-def clear_token_cache() -> None:
-    """Forget every cached token (tests; a process that must see a revocation at once)."""
-    with _cache_lock:
-        _cache.clear()
 
 
 def hash_token(token: str) -> str:
@@ -143,34 +138,54 @@ _TOUCH = (
 
 
 async def current_token(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    settings: Settings = Depends(get_app_settings),
+    session_factory: sessionmaker[Session] = Depends(get_session_factory),
 ) -> Caller:
     """The caller of a valid token; 401 when it is missing, unknown or revoked.
 
-    Runs on the event loop: a cached token costs no query and no thread."""
+    Runs on the event loop: a cached token used in the last minute costs no query
+    and no thread; otherwise the lookup (and the ``last_used_at`` write) runs on a
+    session of the app's engine in a worker thread."""
     if credentials is None:
         raise _unauthorized("a bearer token is required")
-    db = runtime.current(request.app).db
     token_hash = hash_token(credentials.credentials)
-    key = (request.app.state.settings.database_url, token_hash)
+    key = (settings.database_url, token_hash)
     caller = _from_cache(key)
-    if caller is None:
-        found = await db.fetch_one(_TOKEN_BY_HASH, {"token_hash": token_hash})
-        if found is None or found["revoked_at"] is not None:
-            raise _unauthorized("invalid or revoked token")
-        caller = Caller(found["id"], found["owner"], found["is_admin"], found["last_used_at"])
-        _remember(key, caller)
-    now = utcnow()
-    if caller.last_used_at is None or now - caller.last_used_at >= LAST_USED_RESOLUTION:
-        caller = replace(caller, last_used_at=await _touch(db, caller.token_id, now))
-        _remember(key, caller)
-    return caller
+    if caller is not None and not _stale(caller, utcnow()):
+        return caller
+    found = await anyio.to_thread.run_sync(_check, session_factory, token_hash, caller)
+    if found is None:
+        raise _unauthorized("invalid or revoked token")
+    _remember(key, found)
+    return found
 
 
-async def _touch(db: AsyncDatabase, token_id: int, now: datetime) -> datetime:
-    """Record a use of the token at ``now`` unless one was recorded less than a
-    minute before (a concurrent request): one guarded UPDATE, committed on its own."""
-    await db.execute(
-        _TOUCH, {"token_id": token_id, "stale": now - LAST_USED_RESOLUTION, "now": now}
-    )
-    return now
+def _stale(caller: Caller, now: datetime) -> bool:
+    return caller.last_used_at is None or now - caller.last_used_at >= LAST_USED_RESOLUTION
+
+
+def _check(
+    session_factory: sessionmaker[Session], token_hash: str, cached: Caller | None
+) -> Caller | None:
+    """Read the token (unless ``cached``) and record its use when the last one is a
+    minute old; None when it is unknown or revoked."""
+    with session_factory() as db_session:
+        caller = cached
+        if caller is None:
+            found = (
+                db_session.execute(_TOKEN_BY_HASH, {"token_hash": token_hash}).mappings().first()
+            )
+            if found is None or found["revoked_at"] is not None:
+                return None
+            caller = Caller(found["id"], found["owner"], found["is_admin"], found["last_used_at"])
+        now = utcnow()
+        if _stale(caller, now):
+            # One guarded UPDATE: concurrent requests of one token do not all rewrite it.
+            db_session.execute(
+                _TOUCH,
+                {"token_id": caller.token_id, "stale": now - LAST_USED_RESOLUTION, "now": now},
+            )
+            db_session.commit()
+            caller = replace(caller, last_used_at=now)
+        return caller

@@ -22,8 +22,7 @@ from typing import Any
 import httpx
 
 from api.embedded import REPO_ROOT, home_env, wait_ready
-
-TERMINAL = ("succeeded", "failed", "cancelled")
+from pgd_service.lifecycle import TERMINAL
 
 
 def _spec(client: httpx.Client, preset: str, iters: int, **extra: Any) -> dict[str, Any]:

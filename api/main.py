@@ -8,13 +8,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import observability as request_metrics
-from api import runtime
 from api.problems import install_problem_handlers
 from api.routes import job_data, jobs, meta, observability, results, studies, sweeps
 from api.services.results import PageCache
 from pgd_service.db.session import make_engine, make_session_factory
 from pgd_service.maintenance import MaintenanceThread
 from pgd_service.settings import Settings, get_settings
+
+#: What PostgreSQL's pg_stat_activity shows for the API's connections.
+APPLICATION_NAME = "pgd-api"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -24,7 +26,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The re-sender and the reaper; safe in every API replica (guarded UPDATEs).
-        await runtime.start(app, settings)
         thread = None
         if settings.run_maintenance:
             thread = MaintenanceThread(app.state.session_factory, settings)
@@ -34,7 +35,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if thread is not None:
                 thread.stop()
-            await runtime.stop(app)
 
     app = FastAPI(
         title="pgd",
@@ -42,7 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.engine = make_engine(settings.database_url)
+    app.state.engine = make_engine(
+        settings.database_url, application_name=APPLICATION_NAME, timeout_s=settings.db_timeout_s
+    )
     app.state.session_factory = make_session_factory(app.state.engine)
     app.state.results_cache = PageCache(settings.results_cache_entries)
     install_problem_handlers(app)

@@ -6,12 +6,11 @@ import re
 from http import HTTPStatus
 from typing import Any
 
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -78,9 +77,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     """Route validation and HTTP errors (404, 409, 401, 403, 503, ...) to problem+json."""
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
-    # The same two through SQLAlchemy (sync routes, SQLite) and through the psycopg
-    # pool of the async routes (api.db.aio).
-    for down in (OperationalError, psycopg.OperationalError, PoolTimeout):
+    # The database is down, or every pooled connection stayed busy for db_timeout_s.
+    for down in (OperationalError, PoolTimeout):
         app.add_exception_handler(down, _database_down_handler)
-    for unstorable in (DataError, psycopg.DataError):
-        app.add_exception_handler(unstorable, _unstorable_value_handler)
+    app.add_exception_handler(DataError, _unstorable_value_handler)

@@ -23,8 +23,6 @@ from api.demo import embedded_stack
 from pgd_core.presets import PAPER_HYPER
 from pgd_core.spec import DETECTORS, METHODS
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-
 
 def _csv(kind: type, text: str) -> list[Any]:
     try:

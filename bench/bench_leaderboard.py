@@ -5,7 +5,7 @@ Alembic, bulk-inserts jobs (teachers, no-KD student baselines, distillations
 with every method, a few evaluations and failed runs) each with an eval result,
 runs ANALYZE, then times, for several filter/sort combinations: the Python page
 (``api.services.results.list_page``, the SQLite path and the CSV export's), the
-page JSON the route computes on PostgreSQL (``page_body`` on the async pool),
+page JSON the route serves (``page_body``: those rows through pydantic),
 and the HTTP route (in-process through httpx, auth included) with its page
 cache off (every page computed) and on (the same page again). Prints p50/p99
 per combination, EXPLAIN ANALYZE of the main query, and drops the schema at the
@@ -17,7 +17,6 @@ end. Goal: the first page under 20 ms for a single client.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import random
@@ -248,7 +247,6 @@ def main() -> None:
     from fastapi.testclient import TestClient
 
     from api.auth import create_token
-    from api.db.aio import PsycopgDatabase
     from api.main import create_app
     from pgd_service.settings import Settings
 
@@ -268,10 +266,6 @@ def main() -> None:
             session.commit()
         headers = {"Authorization": f"Bearer {token}"}
 
-        # The route's PostgreSQL path outside HTTP: page_body on the async pool.
-        loop = asyncio.new_event_loop()
-        db = PsycopgDatabase(url, sync_engine=app.state.engine)
-        loop.run_until_complete(db.open())
         cache = app.state.results_cache
 
         print(f"\nfirst page (limit {args.limit}), {args.runs} runs each, times in ms")
@@ -298,9 +292,10 @@ def main() -> None:
                 s50, s99 = time_runs(call, args.runs)
 
                 def body(filters: service.ResultFilters = filters, sort: str = sort) -> bytes:
-                    return loop.run_until_complete(
-                        service.page_body(db, filters=filters, sort=sort, limit=args.limit)
-                    )
+                    with factory() as session:
+                        return service.page_body(
+                            db_session=session, filters=filters, sort=sort, limit=args.limit
+                        )
 
                 j50, j99 = time_runs(body, args.runs)
                 h50 = h99 = c50 = c99 = float("nan")
@@ -323,8 +318,6 @@ def main() -> None:
         for label, values, sort in (CASES[1], CASES[3]):
             print(f"\nEXPLAIN ANALYZE, {label}:")
             print(explain(engine, service.ResultFilters(**values), sort, args.limit))
-        loop.run_until_complete(db.close())
-        loop.close()
         app.state.engine.dispose()
         engine.dispose()
 

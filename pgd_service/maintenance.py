@@ -6,7 +6,8 @@ the lifecycle settles students whose teacher has finished; the re-sender sends
 every queued job again whose last send failed or is old (a worker only claims a
 job that is ``queued`` with the attempt its message carries, so a duplicate is
 harmless); the revoker terminates tasks that ignore a cancel. Every change is
-one guarded UPDATE, so any number of processes may run this at once.
+one guarded UPDATE of pgd_service.lifecycle, so any number of processes may run
+this at once.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pgd_service.db.models import ACTIVE_STATES, Job
-from pgd_service.db.types import rowcount, utcnow
-from pgd_service.queue import producer, resend
+from pgd_service import lifecycle
+from pgd_service.db.models import Job
+from pgd_service.db.types import utcnow
+from pgd_service.queue import producer
 from pgd_service.settings import Settings
 
 log = logging.getLogger("pgd.maintenance")
@@ -40,64 +41,26 @@ class MaintenanceReport:
 
 
 def reap(db_session: Session, settings: Settings) -> MaintenanceReport:
-    """Jobs whose worker stopped beating: a new attempt, or failed / cancelled."""
+    """Jobs whose worker stopped beating: a new attempt, or failed / cancelled
+    (lifecycle.lose_worker)."""
     report = MaintenanceReport()
-    now = utcnow()
-    stale = now - timedelta(seconds=settings.heartbeat_timeout_s)
-    rows = db_session.execute(
-        select(Job.id, Job.state, Job.attempt, Job.lost_count, Job.max_attempts).where(
-            Job.state.in_(ACTIVE_STATES),
-            or_(Job.heartbeat_at < stale, and_(Job.heartbeat_at.is_(None), Job.updated_at < stale)),
+    stale = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
+    buckets = {"cancelled": report.cancelled, "failed": report.lost, "queued": report.requeued}
+    for job_id, state, attempt, lost_count, max_attempts in lifecycle.stale_jobs(db_session, stale):
+        moved = lifecycle.lose_worker(
+            db_session,
+            job_id=job_id,
+            state=state,
+            attempt=attempt,
+            lost_count=lost_count,
+            max_attempts=max_attempts,
+            stale=stale,
         )
-    ).all()
-    for job_id, state, attempt, lost_count, max_attempts in rows:
-        guard = (
-            Job.id == job_id,
-            Job.state == state,
-            Job.attempt == attempt,
-            or_(Job.heartbeat_at < stale, Job.heartbeat_at.is_(None)),
-        )
-        if state == "cancelling":
-            values: dict[str, Any] = {"state": "cancelled", "finished_at": now}
-            bucket = report.cancelled
-        elif lost_count + 1 >= max_attempts:
-            values = {
-                "state": "failed",
-                "reason": "worker_lost",
-                "message": f"the worker was lost {lost_count + 1} times "
-                f"(max_attempts = {max_attempts})",
-                "lost_count": lost_count + 1,
-                "finished_at": now,
-            }
-            bucket = report.lost
-        else:
-            values = {
-                "state": "queued",
-                "attempt": attempt + 1,
-                "lost_count": lost_count + 1,
-                "worker": None,
-                "heartbeat_at": None,
-                # Never sent for the new attempt: the re-sender below sends it.
-                "enqueued_at": None,
-                "message": f"attempt {attempt} lost its worker; resuming from the last checkpoint",
-            }
-            bucket = report.requeued
-        result = db_session.execute(
-            update(Job)
-            .where(*guard)
-            .values(updated_at=now, **values)
-            .execution_options(synchronize_session=False)
-        )
-        db_session.commit()
-        if rowcount(result) == 1:
+        if moved is not None:
             log.warning(
-                "job %s (attempt %d, %s): heartbeat stale -> %s",
-                job_id,
-                attempt,
-                state,
-                values["state"],
+                "job %s (attempt %d, %s): heartbeat stale -> %s", job_id, attempt, state, moved
             )
-            bucket.append(job_id)
+            buckets[moved].append(job_id)
     return report
 
 
@@ -111,7 +74,7 @@ def resend_unsent(db_session: Session, settings: Settings, report: MaintenanceRe
         .limit(500)
     ).all()
     for job_id, attempt in rows:
-        if resend(db_session, settings, job_id, attempt):
+        if lifecycle.resend(db_session, settings, job_id, attempt):
             report.resent.append(job_id)
         else:
             break  # the broker is down: try again at the next pass
@@ -139,11 +102,9 @@ def revoke_stuck_cancels(
 def maintain(session_factory: sessionmaker[Session], settings: Settings) -> MaintenanceReport:
     """One pass: reap stale jobs, settle students whose teacher has finished, resend
     unsent jobs, revoke stuck cancels."""
-    from pgd_service.lifecycle import settle_waiting
-
     with session_factory() as db_session:
         report = reap(db_session, settings)
-        settled = settle_waiting(db_session, settings)
+        settled = lifecycle.settle_waiting(db_session, settings)
         report.released, report.teacher_failed = settled.released, settled.failed
         resend_unsent(db_session, settings, report)
         revoke_stuck_cancels(db_session, settings, report)

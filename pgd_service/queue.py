@@ -1,4 +1,4 @@
-"""The queue contract: the task's name, the queues, and how a job is published.
+"""The queue contract: the task's name, the queues, and how a message is published.
 
 The job row is committed before its message is sent, so the database always
 knows of an accepted job. Sending can still fail (broker down) or the message
@@ -13,17 +13,12 @@ broker's wire format.
 from __future__ import annotations
 
 import logging
-import uuid
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any
 
-import anyio
 from celery import Celery
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from kombu import Connection
 
-from pgd_service.db.models import Job
-from pgd_service.db.types import utcnow
 from pgd_service.settings import Settings
 
 log = logging.getLogger("pgd.queue")
@@ -63,10 +58,6 @@ def producer(settings: Settings) -> Celery:
     return _producer(settings.broker_url, settings.visibility_timeout_s, settings.broker_timeout_s)
 
 
-def new_task_id() -> str:
-    return str(uuid.uuid4())
-
-
 def publish(settings: Settings, *, job_id: str, attempt: int, queue: str, task_id: str) -> bool:
     """Send the task message; False (logged) when the broker cannot take it now."""
     try:
@@ -89,62 +80,18 @@ def publish(settings: Settings, *, job_id: str, attempt: int, queue: str, task_i
     return True
 
 
-class AsyncPublisher:
-    """:func:`publish` for the event loop: Celery's ``send_task`` in a worker thread
-    (it blocks on the broker). One per event loop; close it when the loop's app stops."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    async def publish(self, *, job_id: str, attempt: int, queue: str, task_id: str) -> bool:
-        send = partial(
-            publish, self.settings, job_id=job_id, attempt=attempt, queue=queue, task_id=task_id
-        )
-        return await anyio.to_thread.run_sync(send)
-
-    async def close(self) -> None:
-        """Nothing to close: the producer's connection pool is Celery's."""
-
-
-def send_job(db_session: Session, settings: Settings, job: Job) -> bool:
-    """Publish a committed queued job stored already marked as sent (a task id and
-    ``enqueued_at``, api.services.jobs.job_values); a failed send clears
-    ``enqueued_at`` so that the re-sender picks the job up at its next pass."""
-    sent = publish(
-        settings,
-        job_id=job.id,
-        attempt=job.attempt,
-        queue=queue_for(job.spec),
-        task_id=job.task_id or new_task_id(),
-    )
-    if not sent:
-        db_session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.state == "queued", Job.attempt == job.attempt)
-            .values(enqueued_at=None)
-            .execution_options(synchronize_session=False)
-        )
-        db_session.commit()
-    return sent
-
-
-def resend(db_session: Session, settings: Settings, job_id: str, attempt: int) -> bool:
-    """Send a queued job again (a new task id); True when the broker took it."""
-    task_id = new_task_id()
-    row = db_session.execute(
-        select(Job.spec).where(Job.id == job_id, Job.state == "queued", Job.attempt == attempt)
-    ).first()
-    if row is None:
+def broker_ok(settings: Settings) -> bool:
+    """One connection attempt, bounded by ``broker_timeout_s`` (readiness; no server
+    for ``sqla+``); False (logged) when the broker does not answer."""
+    try:
+        with Connection(settings.broker_url, connect_timeout=settings.broker_timeout_s) as conn:
+            conn.ensure_connection(
+                max_retries=1,
+                interval_start=0,
+                interval_step=0,
+                timeout=settings.broker_timeout_s,
+            )
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+        log.warning("readiness: broker unreachable: %s", exc)
         return False
-    if not publish(
-        settings, job_id=job_id, attempt=attempt, queue=queue_for(row.spec), task_id=task_id
-    ):
-        return False
-    db_session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == "queued", Job.attempt == attempt)
-        .values(enqueued_at=utcnow(), task_id=task_id)
-        .execution_options(synchronize_session=False)
-    )
-    db_session.commit()
     return True

@@ -133,9 +133,8 @@ def insert_job(app, owner: str, state: str = "queued", **values: object) -> str:
 
 @contextmanager
 def sent_statements(app) -> Iterator[list[str]]:
-    """The SQL statements ``app`` sends while active, whitespace collapsed and upper
-    case: through its sync engine and through the async database (api.db.aio) of
-    every running lifespan (use inside ``with TestClient(app)``)."""
+    """The SQL statements ``app`` sends through its engine while active, whitespace
+    collapsed and upper case."""
     seen: list[str] = []
 
     def note(statement: str) -> None:
@@ -144,13 +143,8 @@ def sent_statements(app) -> Iterator[list[str]]:
     def on_sync(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         note(statement)
 
-    runtimes = list(app.state.runtimes.values())
-    assert runtimes, "no lifespan is running: use inside `with TestClient(app)`"
     sa.event.listen(app.state.engine, "before_cursor_execute", on_sync)
-    stops = [runtime.db.listen(note) for runtime in runtimes]
     try:
         yield seen
     finally:
         sa.event.remove(app.state.engine, "before_cursor_execute", on_sync)
-        for stop in stops:
-            stop()

@@ -15,8 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.auth import create_token
-from api.db.aio import APPLICATION_NAME
-from api.main import create_app
+from api.main import APPLICATION_NAME, create_app
 from pgd_core.presets import get_preset
 from pgd_core.synthetic import make_coco_shapes
 from pgd_service.db.models import Job
@@ -288,10 +287,12 @@ def test_cancel(
 
 
 def _kill_api_connections(app: FastAPI) -> int:
-    """Terminate the async pool's PostgreSQL connections, as a server restart would;
+    """Terminate the API engine's PostgreSQL connections, as a server restart would;
     returns how many were killed once they are gone."""
-    # Autocommit: pg_stat_activity is a snapshot per transaction.
-    with app.state.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    # From a connection of its own (not the API's pool); autocommit, as
+    # pg_stat_activity is a snapshot per transaction.
+    killer = sa.create_engine(app.state.settings.database_url, poolclass=sa.pool.NullPool)
+    with killer.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         pids = (
             conn.execute(
                 sa.text(
@@ -312,6 +313,7 @@ def _kill_api_connections(app: FastAPI) -> int:
         ).scalar():
             assert time.monotonic() < deadline, "terminated backends did not exit"
             time.sleep(0.05)
+    killer.dispose()
     return len(pids)
 
 
@@ -319,7 +321,7 @@ def test_requests_survive_lost_database_connections(
     app: FastAPI, client: httpx.Client, alice: dict[str, str]
 ) -> None:
     if app.state.engine.dialect.name != "postgresql":
-        pytest.skip("the async connection pool is PostgreSQL's")
+        pytest.skip("terminating server connections needs PostgreSQL")
     assert client.get("/results", headers=alice).status_code == 200  # the pool is in use
     assert _kill_api_connections(app) >= 1
     # The token is cached: the job's INSERT is the first statement on a dead connection.

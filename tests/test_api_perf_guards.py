@@ -23,6 +23,7 @@ import api.services.jobs
 from pgd_core.datasets import MANIFEST_NAME
 from pgd_core.presets import get_preset
 from pgd_core.synthetic import make_coco_shapes
+from pgd_service import lifecycle
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -183,10 +184,8 @@ def test_a_repeated_page_reads_only_the_leaderboard_version(
 
 
 def test_job_values_name_every_column_but_seq() -> None:
-    values = api.services.jobs.job_values(
-        spec=get_preset("tiny-fcos-student"), owner="o", max_attempts=3
-    )
-    columns = {column.name for column in api.services.jobs.Job.__table__.c}
+    values = lifecycle.job_values(spec=get_preset("tiny-fcos-student"), owner="o", max_attempts=3)
+    columns = {column.name for column in lifecycle.Job.__table__.c}
     assert set(values) == columns - {"seq"}
     assert values["state"] == "queued" and values["enqueued_at"] == values["created_at"]
     assert values["task_id"] and values["spec_hash"] == get_preset("tiny-fcos-student").spec_hash()

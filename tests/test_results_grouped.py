@@ -21,10 +21,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.services.groups import summarise, t975
-from api.services.jobs import job_values
 from pgd_core.presets import get_preset
 from pgd_core.spec import RunSpec
 from pgd_service.db.models import EvalResult, Job
+from pgd_service.lifecycle import job_values
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 

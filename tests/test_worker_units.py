@@ -13,9 +13,9 @@ import pytest
 import sqlalchemy as sa
 from worker_helpers import Stack, stack, tiny_spec
 
-from api.services.jobs import new_job
 from pgd_service.db.models import Job, MetricPoint
 from pgd_service.db.types import utcnow
+from pgd_service.lifecycle import job_values
 from pgd_service.maintenance import reap
 from worker.execution import Outcome, claim, execute, finish
 from worker.reporting import LostOwnership, Reporter, forget_steps_after
@@ -30,7 +30,7 @@ def s(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
 
 
 def add_job(s: Stack, **values: object) -> str:
-    job = new_job(spec=tiny_spec(), owner="u", max_attempts=3)
+    job = Job(**job_values(spec=tiny_spec(), owner="u", max_attempts=3))
     for name, value in values.items():
         setattr(job, name, value)
     with s.sessions() as session:
@@ -203,7 +203,7 @@ def test_resume_drops_points_after_the_checkpoint_and_ignores_replayed_steps(s: 
 
 def test_missing_teacher_checkpoint_fails_with_missing_file(s: Stack):
     spec = tiny_spec("tiny-fcos-pgd").model_copy(update={"teacher_ref": "no-such-teacher"})
-    job = new_job(spec=spec, owner="u", max_attempts=3)
+    job = Job(**job_values(spec=spec, owner="u", max_attempts=3))
     with s.sessions() as session:
         session.add(job)
         session.commit()

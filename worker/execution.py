@@ -1,8 +1,9 @@
 """Run one claimed job with pgd_core and record its outcome.
 
-Every state change is one guarded UPDATE on (id, attempt, state): a duplicate or
-stale message claims nothing, and a worker whose job was taken over by the
-reaper (its heartbeat went stale) can no longer finish it.
+Every state change is one guarded UPDATE of pgd_service.lifecycle on (id,
+attempt, state): a duplicate or stale message claims nothing, and a worker whose
+job was taken over by the reaper (its heartbeat went stale) can no longer
+finish it.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pgd_service.db.models import ACTIVE_STATES, METRICS, Artifact, EvalResult, Job
+from pgd_service import lifecycle
+from pgd_service.db.models import METRICS, Artifact, EvalResult, Job
 from pgd_service.db.session import make_engine, make_session_factory
-from pgd_service.db.types import rowcount, utcnow
-from pgd_service.lifecycle import settle_students
 from pgd_service.settings import Settings
 from worker.reporting import LostOwnership, Reporter, forget_steps_after
 
@@ -60,25 +60,8 @@ def claim(
     session_factory: sessionmaker[Session], job_id: str, attempt: int, worker: str
 ) -> Job | None:
     """queued -> running for exactly this attempt; None when the message is stale."""
-    now = utcnow()
     with session_factory() as db_session:
-        result = db_session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.attempt == attempt, Job.state == "queued")
-            .values(state="running", worker=worker, heartbeat_at=now, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        if rowcount(result) != 1:
-            db_session.rollback()
-            return None
-        db_session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.started_at.is_(None))
-            .values(started_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        db_session.commit()
-        return db_session.get(Job, job_id)
+        return lifecycle.claim(db_session, job_id, attempt, worker)
 
 
 def job_dir(settings: Settings, job_id: str) -> Path:
@@ -187,25 +170,15 @@ def finish(
     outcome: Outcome,
 ) -> bool:
     """Record the outcome in one transaction, guarded on the attempt; False if taken over."""
-    now = utcnow()
-    values: dict[str, Any] = {
-        "state": outcome.state,
-        "reason": outcome.reason,
-        "message": outcome.message,
-        "finished_at": now,
-        "heartbeat_at": now,
-        "updated_at": now,
-    }
-    if outcome.state == "succeeded":
-        values["progress"] = 1.0
     with session_factory() as db_session:
-        result = db_session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.attempt == attempt, Job.state.in_(ACTIVE_STATES))
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        if rowcount(result) != 1:
+        if not lifecycle.finish(
+            db_session,
+            job.id,
+            attempt,
+            state=outcome.state,
+            reason=outcome.reason,
+            message=outcome.message,
+        ):
             db_session.rollback()
             return False
         if outcome.state == "succeeded" and outcome.metrics:
@@ -350,6 +323,6 @@ def _settle_students(
     maintenance pass; a failure here is left to that pass."""
     try:
         with session_factory() as db_session:
-            settle_students(db_session, settings, job_id)
+            lifecycle.settle_students(db_session, settings, job_id)
     except Exception:  # noqa: BLE001 - the outcome is recorded; maintenance retries
         log.exception("job %s: could not settle its waiting students", job_id)

@@ -12,14 +12,15 @@ import logging
 import threading
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pgd_core.runner import RunCallbacks
-from pgd_service.db.models import ACTIVE_STATES, Job, MetricPoint
-from pgd_service.db.types import rowcount, utcnow
+from pgd_service import lifecycle
+from pgd_service.db.models import Job, MetricPoint
+from pgd_service.db.types import rowcount
 
 log = logging.getLogger("pgd.worker")
 
@@ -147,7 +148,7 @@ class Reporter:
                 log.warning("job %s: database write failed, will retry: %s", self.job_id, exc)
 
     def _guard(self) -> tuple[Any, ...]:
-        return (Job.id == self.job_id, Job.attempt == self.attempt, Job.state.in_(ACTIVE_STATES))
+        return lifecycle.owned(self.job_id, self.attempt)
 
     def _poll_cancel(self) -> None:
         with self.session_factory() as db_session:
@@ -160,18 +161,11 @@ class Reporter:
     def _beat(self) -> None:
         with self._lock:
             points, self._points = self._points, []
-        values: dict[str, Any] = {"heartbeat_at": utcnow()}
-        if self._progress is not None:
-            values["progress"] = self._progress
         try:
             with self.session_factory() as db_session:
-                result = db_session.execute(
-                    update(Job)
-                    .where(*self._guard())
-                    .values(**values)
-                    .execution_options(synchronize_session=False)
-                )
-                if rowcount(result) != 1:
+                if not lifecycle.beat(
+                    db_session, self.job_id, self.attempt, progress=self._progress
+                ):
                     db_session.rollback()
                     self._lost.set()
                     return

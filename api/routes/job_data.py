@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import Caller, current_token
-from api.deps import get_app_settings, get_db
-from api.schemas import JobRead
-from api.schemas_job_data import ArtifactRead, MetricSeries
+from api.deps import get_app_settings, get_db, get_session_factory
+from api.schemas.job_data import ArtifactRead, MetricSeries
+from api.schemas.jobs import JobRead
 from api.services import job_data as service
 from api.services import jobs as job_service
 from pgd_service.db.models import Artifact, Job
@@ -129,11 +129,11 @@ def job_logs(
 )
 def job_events(
     job_id: str,
-    request: Request,
     last_event_id: str | None = Header(None, max_length=128),
     token: Caller = Depends(current_token),
     db_session: Session = Depends(get_db),
     settings: Settings = Depends(get_app_settings),
+    session_factory: sessionmaker[Session] = Depends(get_session_factory),
 ) -> StreamingResponse:
     """Server-sent events: ``state`` (state, progress, attempt) and ``metric`` (step, name,
     value), until the job has finished. A new stream starts with the current state
@@ -142,7 +142,7 @@ def job_events(
     that event, then the state if it changed since."""
     job = _visible_job(job_id, token, db_session)
     stream = service.event_stream(
-        session_factory=request.app.state.session_factory,
+        session_factory=session_factory,
         job_id=job.id,
         poll_s=settings.events_poll_s,
         keepalive_s=settings.events_keepalive_s,

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from collections.abc import Mapping
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic_core import to_json
 from sqlalchemy.orm import Session
 
-from api import runtime
 from api.auth import Caller, current_token
 from api.deps import get_app_settings, get_db
 from api.problems import problem
-from api.schemas import JobCreate, JobPage, JobRead
+from api.schemas.jobs import JobCreate, JobPage, JobRead
 from api.services import jobs as service
 from pgd_service.db.models import Job
 from pgd_service.settings import Settings
@@ -34,11 +35,12 @@ def rejected(exc: service.SpecRejected) -> JSONResponse:
 @router.post(
     "", status_code=202, response_model=JobRead, responses={422: {"description": "invalid"}}
 )
-async def create_job(
-    request: Request,
+def create_job(
     spec: JobCreate,
     idempotency_key: str | None = Header(None, max_length=128),
     token: Caller = Depends(current_token),
+    db_session: Session = Depends(get_db),
+    settings: Settings = Depends(get_app_settings),
 ) -> Response:
     """Queue a run; the same Idempotency-Key and spec return the same job.
 
@@ -47,9 +49,9 @@ async def create_job(
     detector and model, or a registered checkpoint. The job is stored, then sent
     to the broker (a broker that is down leaves it queued for the re-sender)."""
     try:
-        row, created = await service.create(
-            runtime=runtime.current(request.app),
-            settings=request.app.state.settings,
+        job, created = service.create(
+            db_session=db_session,
+            settings=settings,
             spec=spec,
             owner=token.owner,
             idempotency_key=idempotency_key,
@@ -58,9 +60,9 @@ async def create_job(
         raise HTTPException(409, str(exc)) from None
     except service.SpecRejected as exc:
         return rejected(exc)
-    # The row holds what JobRead shows, with its types (our own values, or read
-    # back): serialised once, as pydantic would write JobRead, without validating
-    # it twice on the way as FastAPI's response_model would.
+    # A new job is its own column values: serialised once, as pydantic would write
+    # JobRead, without validating it twice on the way as response_model would.
+    row = job if isinstance(job, Mapping) else {n: getattr(job, n) for n in _JOB_READ_FIELDS}
     return Response(
         to_json({name: row[name] for name in _JOB_READ_FIELDS}),
         status_code=202 if created else 200,

@@ -9,11 +9,11 @@ hide even aggregates restrict ``/metrics`` at the ingress.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.orm import Session
 
-from api.deps import get_db
+from api.deps import get_db, get_request_metrics
 from api.observability import JobStateCollector, RequestMetrics
 from api.services.job_data import count_by_state
 
@@ -21,12 +21,14 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(request: Request, db_session: Session = Depends(get_db)) -> Response:
+def metrics(
+    db_session: Session = Depends(get_db),
+    store: RequestMetrics | None = Depends(get_request_metrics),
+) -> Response:
     """Job gauges from the database and this process's request metrics."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobStateCollector(lambda: count_by_state(db_session)))
     body = generate_latest(registry)
-    store: RequestMetrics | None = getattr(request.app.state, "request_metrics", None)
     if store is not None:
         body += generate_latest(store.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -17,10 +17,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
+from sqlalchemy.orm import Session, sessionmaker
 
-from api import runtime
 from api.auth import Caller, current_token
-from api.schemas import GroupPage, GroupRow, ResultPage, ResultRow
+from api.deps import get_db, get_results_cache, get_session_factory
+from api.schemas.results import GroupPage, GroupRow, ResultPage, ResultRow
 from api.services import groups as group_service
 from api.services import results as service
 
@@ -52,7 +53,9 @@ def _group_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _csv_lines(request: Request, filters: service.ResultFilters, sort: str) -> Iterator[str]:
+def _csv_lines(
+    session_factory: sessionmaker[Session], filters: service.ResultFilters, sort: str
+) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
 
@@ -65,7 +68,7 @@ def _csv_lines(request: Request, filters: service.ResultFilters, sort: str) -> I
     writer.writerow(CSV_COLUMNS)
     yield flush()
     # Its own session: the request's one may be closed before the body is streamed.
-    with request.app.state.session_factory() as db_session:
+    with session_factory() as db_session:
         for count, row in enumerate(
             service.iter_rows(db_session=db_session, filters=filters, sort=sort), 1
         ):
@@ -139,10 +142,13 @@ class ResultQuery(BaseModel):
         304: {"description": "If-None-Match holds the page's current ETag"},
     },
 )
-async def list_results(
+def list_results(
     request: Request,
     query: Annotated[ResultQuery, Query()],
     token: Caller = Depends(current_token),
+    db_session: Session = Depends(get_db),
+    session_factory: sessionmaker[Session] = Depends(get_session_factory),
+    cache: service.PageCache = Depends(get_results_cache),
 ) -> Response:
     """Evaluation results with filters and sorting; distilled rows carry teacher/baseline deltas.
 
@@ -151,38 +157,36 @@ async def list_results(
     leaderboard has not changed. Pages are cached per process by that version."""
     filters, sort, limit, offset = query.filters(), query.sort, query.limit, query.offset
     if query.group_by == "config":
-        return await _grouped(request, query)
+        return _grouped(db_session, query, _wants_csv(request, query.format))
     if _wants_csv(request, query.format):
         return StreamingResponse(
-            _csv_lines(request, filters, sort),
+            _csv_lines(session_factory, filters, sort),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="results.csv"'},
         )
-    db = runtime.current(request.app).db
     # The version first: the page read after it holds every change up to it.
-    version = await service.leaderboard_version(db)
+    version = service.leaderboard_version(db_session)
     key = service.page_key(filters, sort, limit, offset)
     etag = service.page_etag(version, key)
     headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
     if _not_modified(request, etag):
         return Response(status_code=304, headers=headers)
-    cache: service.PageCache = request.app.state.results_cache
     body = cache.get(version, key)
     if body is None:
-        body = await service.page_body(db, filters=filters, sort=sort, limit=limit, offset=offset)
+        body = service.page_body(
+            db_session=db_session, filters=filters, sort=sort, limit=limit, offset=offset
+        )
         cache.put(version, key, body)
     return Response(body, media_type="application/json", headers=headers)
 
 
-async def _grouped(request: Request, query: ResultQuery) -> Response:
+def _grouped(db_session: Session, query: ResultQuery, as_csv: bool) -> Response:
     """``group_by=config``: every matching group computed at once (groups are few: one
     per configuration, not per run), then paged or written as CSV."""
-    db = runtime.current(request.app).db
-    filters, sort = query.filters(), query.sort
-    rows = await db.run_sync(
-        lambda session: group_service.grouped_rows(db_session=session, filters=filters, sort=sort)
+    rows = group_service.grouped_rows(
+        db_session=db_session, filters=query.filters(), sort=query.sort
     )
-    if _wants_csv(request, query.format):
+    if as_csv:
         return Response(
             _group_csv(rows),
             media_type="text/csv; charset=utf-8",

@@ -11,13 +11,13 @@ from sqlalchemy.orm import Session
 from api.auth import Caller, current_token
 from api.deps import get_app_settings, get_db
 from api.problems import problem
-from api.schemas_studies import StudyCreate, StudyCreated, StudyRead
+from api.schemas.studies import StudyCreate, StudyCreated, StudyRead
 from api.services import studies as service
 from api.services.jobs import SpecRejected
+from pgd_service.lifecycle import TERMINAL
 from pgd_service.settings import Settings
 
 router = APIRouter(prefix="/studies", tags=["studies"])
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @router.post(

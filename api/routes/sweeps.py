@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from api.auth import Caller, current_token
 from api.deps import get_app_settings, get_db
 from api.problems import field_errors, problem
-from api.schemas_sweeps import SweepCreate, SweepCreated, SweepRead
+from api.schemas.sweeps import SweepCreate, SweepCreated, SweepRead
 from api.services import sweeps as service
 from pgd_service.settings import Settings
 

@@ -11,17 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pgd_service import lifecycle
-from pgd_service import queue as enqueue
 from pgd_service.db.models import JOB_STATES, Artifact, Job, MetricPoint
-from pgd_service.db.types import rowcount, utcnow
 from pgd_service.settings import Settings
 
-RETRYABLE = ("failed", "cancelled")
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = lifecycle.TERMINAL
 
 
 class ArtifactOutsideWorkRoot(Exception):
@@ -29,52 +26,11 @@ class ArtifactOutsideWorkRoot(Exception):
 
 
 def retry(*, db_session: Session, settings: Settings, job: Job) -> bool:
-    """Failed or cancelled -> queued with the attempt raised, then sent; False for any
-    other state. A student whose teacher job has not finished goes back to
-    ``waiting`` instead; one whose teacher failed raises lifecycle.TeacherNotReady.
-
-    One guarded UPDATE (compare-and-set on the state), so a concurrent retry or
-    state change can never queue the job twice. It gives the new attempt a task id
-    and a send time; the message is sent after the commit, and a broker that is
-    down leaves the job to the re-sender.
-    """
-    now = utcnow()
-    if job.state not in RETRYABLE:
-        return False
-    target = lifecycle.state_after_retry(db_session, job)
-    waiting = target == "waiting"
-    result = db_session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.state.in_(RETRYABLE))
-        .values(
-            state=target,
-            attempt=Job.attempt + 1,
-            reason=None,
-            message=None,
-            finished_at=None,
-            cancel_requested=False,
-            cancel_requested_at=None,
-            heartbeat_at=None,
-            task_id=None if waiting else enqueue.new_task_id(),
-            enqueued_at=None if waiting else now,
-            lost_count=0,
-            worker=None,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    db_session.commit()
-    db_session.refresh(job)
-    if rowcount(result) != 1:
-        return False
-    if waiting:
-        # The teacher may have finished since it was read.
-        lifecycle.settle_students(db_session, settings, job.teacher_job_id or "")
-        db_session.refresh(job)
-        return True
-    if not enqueue.send_job(db_session, settings, job):
-        db_session.refresh(job)  # send_job cleared enqueued_at (and so updated_at)
-    return True
+    """Failed or cancelled -> queued with the attempt raised, then sent (lifecycle.retry);
+    False for any other state. A student whose teacher job has not finished goes
+    back to ``waiting`` instead; one whose teacher failed raises
+    lifecycle.TeacherNotReady."""
+    return lifecycle.retry(db_session, settings, job)
 
 
 def metric_series(

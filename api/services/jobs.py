@@ -5,38 +5,25 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any, cast
+from typing import Any
 
-import anyio
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, Table, bindparam, case, select, true, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, bindparam, select, true
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.base import Executable
 
 from api.auth import Caller
-from api.db.aio import AsyncDatabase
-from api.runtime import Runtime
 from pgd_core.datasets import MANIFEST_NAME, DatasetError, DatasetInfo, load_dataset_info
 from pgd_core.spec import ModelSpec, RunSpec
 from pgd_service import lifecycle
-from pgd_service import queue as enqueue
-from pgd_service.db.models import Job, next_job_seq
-from pgd_service.db.types import rowcount, utcnow
+from pgd_service.db.models import Job
 from pgd_service.settings import Settings
 
 log = logging.getLogger("pgd.jobs")
 
-CANCELLABLE = ("waiting", "queued", "running")
-#: States of a teacher job a new student may wait for (it is stored ``waiting``).
-UNFINISHED = ("waiting", "queued", "running")
 #: Kinds of job whose result is a checkpoint another job may start from.
 CHECKPOINT_KINDS = ("train", "distill")
 
@@ -83,16 +70,6 @@ def _manifest_version(data_root: Path, name: str) -> tuple[int, int] | None:
     return (stat.st_mtime_ns, stat.st_size) if S_ISREG(stat.st_mode) else None
 
 
-def cached_dataset_info(data_root: Path, name: str) -> DatasetInfo | str | None:
-    """What :func:`dataset_info` would answer, when that needs no reading (one stat):
-    None when the manifest must be read first."""
-    version = _manifest_version(data_root, name)
-    if version is None:
-        return f"no dataset '{name}' is registered on this server"
-    cached = _DATASET_CACHE.get((data_root, name))
-    return cached[1] if cached is not None and cached[0] == version else None
-
-
 def dataset_info(data_root: Path, name: str) -> DatasetInfo | str:
     """The registered dataset ``name``, or why it cannot be used (no server paths in it).
 
@@ -135,8 +112,7 @@ class RefChecker:
     """Checks a spec's dataset, ``teacher_ref`` and ``checkpoint_ref`` against this server.
 
     ``load_job`` returns a referenced job's id, state, kind, detector and spec (or
-    None): :meth:`for_session` reads them with a sync session; the async path reads
-    them first (:func:`referenced_jobs`) and passes a dict's ``get``. Answers are
+    None); :meth:`for_session` reads them with the request's session. Answers are
     cached for the checker's lifetime, so one sweep reads each dataset manifest and
     each referenced job once.
     """
@@ -227,7 +203,7 @@ class RefChecker:
                 return None, None, False
             return None, f"no job and no registered checkpoint is named '{ref}'", False
         job_id, state, kind, detector = job["id"], job["state"], job["kind"], job["detector"]
-        pending = may_wait and state in UNFINISHED
+        pending = may_wait and state in lifecycle.TEACHER_PENDING
         if state != "succeeded" and not pending:
             expected_state = "succeeded or unfinished" if may_wait else "succeeded"
             return job_id, f"job {ref} is {state}, not {expected_state}", False
@@ -286,183 +262,49 @@ def get(*, db_session: Session, job_id: str, token: Caller) -> Job | None:
     return db_session.scalar(select(Job).where(Job.id == job_id, _visible(token)))
 
 
-def job_values(
-    *,
-    spec: RunSpec,
-    owner: str,
-    max_attempts: int,
-    spec_hash: str | None = None,
-    sweep_id: str | None = None,
-    study_id: str | None = None,
-    teacher_job_id: str | None = None,
-    waiting: bool = False,
-    idempotency_key: str | None = None,
-    job_id: str | None = None,
-    now: datetime | None = None,
-) -> dict[str, Any]:
-    """Every column of a new job but ``seq`` (numbered by the database).
-
-    A queued job is stored already marked as sent (a task id and ``enqueued_at``),
-    because it is sent right after its commit; if that send fails, ``enqueued_at``
-    is cleared, and if the process dies in between, the stale ``enqueued_at`` has
-    the re-sender send it later. A ``waiting`` job (its teacher job has not
-    finished) is sent when the teacher succeeds (pgd_service.lifecycle).
-    ``spec_hash``: ``spec.spec_hash()`` if the caller has it."""
-    now = now or utcnow()
-    baseline = spec.baseline_spec()
-    return {
-        "id": job_id or str(uuid.uuid4()),
-        "kind": spec.kind,
-        "detector": spec.detector,
-        "dataset": spec.dataset.name,
-        "method": spec.method,
-        "spec": spec.model_dump(mode="json"),
-        "spec_hash": spec_hash if spec_hash is not None else spec.spec_hash(),
-        "config_hash": spec.config_hash(),
-        "seed": spec.seed,
-        "baseline_hash": baseline.config_hash() if baseline is not None else None,
-        "state": "waiting" if waiting else "queued",
-        "reason": None,
-        "message": None,
-        "attempt": 0,
-        "max_attempts": max_attempts,
-        "progress": 0.0,
-        "heartbeat_at": None,
-        "owner": owner,
-        "idempotency_key": idempotency_key,
-        "cancel_requested": False,
-        "cancel_requested_at": None,
-        "lost_count": 0,
-        "enqueued_at": None if waiting else now,
-        "task_id": None if waiting else enqueue.new_task_id(),
-        "worker": None,
-        "sweep_id": sweep_id,
-        "study_id": study_id,
-        "teacher_job_id": teacher_job_id,
-        "created_at": now,
-        "updated_at": now,
-        "started_at": None,
-        "finished_at": None,
-    }
-
-
-def new_job(
-    *,
-    spec: RunSpec,
-    owner: str,
-    max_attempts: int,
-    sweep_id: str | None = None,
-    study_id: str | None = None,
-    teacher_job_id: str | None = None,
-    waiting: bool = False,
-    job_id: str | None = None,
-) -> Job:
-    """A job row for ``spec`` (:func:`job_values`) not added to a session: the caller
-    owns the transaction and sends a queued one with enqueue.send_job after the commit."""
-    return Job(
-        **job_values(
-            spec=spec,
-            owner=owner,
-            max_attempts=max_attempts,
-            sweep_id=sweep_id,
-            study_id=study_id,
-            teacher_job_id=teacher_job_id,
-            waiting=waiting,
-            job_id=job_id,
-        )
-    )
-
-
-_JOBS = cast(Table, Job.__table__)
-_JOB_BY_ID = select(_JOBS).where(_JOBS.c.id == bindparam("job_id"))
-_JOB_BY_KEY = select(_JOBS).where(
-    _JOBS.c.owner == bindparam("owner"), _JOBS.c.idempotency_key == bindparam("key")
-)
-_UNSENT = (
-    update(_JOBS)
-    .where(
-        _JOBS.c.id == bindparam("job_id"),
-        _JOBS.c.state == "queued",
-        _JOBS.c.attempt == bindparam("sent_attempt"),
-    )
-    .values(enqueued_at=None, updated_at=bindparam("now"))
-    .returning(*_JOBS.c)
+#: What a replayed key looks up (the job its first request stored).
+_JOB_BY_KEY = select(Job).where(
+    Job.owner == bindparam("owner"), Job.idempotency_key == bindparam("key")
 )
 
 
-@lru_cache(maxsize=4)
-def insert_statement(dialect: str) -> Executable:
-    """``INSERT INTO jobs ... ON CONFLICT DO NOTHING`` with one bound parameter per
-    :func:`job_values` key (``v_<column>``): the row is those values (and ``seq``,
-    which no response shows); its row count says whether it was stored.
-
-    Nothing is looked up first: the unique (owner, idempotency_key) index turns a
-    replayed key into no row, and only then is the key's job read. The job id is
-    chosen here, so sending the same INSERT twice (a retry on a lost connection)
-    also returns no row, and the id finds the job the first one stored."""
-    columns = [c for c in _JOBS.c if c.name != "seq"]
-    values: dict[str, Any] = {
-        c.name: bindparam(f"v_{c.name}", type_=c.type, required=True) for c in columns
-    }
-    if dialect == "postgresql":
-        statement: Any = postgresql.insert(_JOBS)
-    elif dialect == "sqlite":
-        values["seq"] = next_job_seq()
-        statement = sqlite.insert(_JOBS)
-    else:
-        raise ValueError(f"unsupported database {dialect!r}: use PostgreSQL or SQLite")
-    return statement.values(values).on_conflict_do_nothing()
-
-
-def _replay(existing: Mapping[str, Any], spec_hash: str) -> Mapping[str, Any]:
-    if existing["spec_hash"] != spec_hash:
+def _replay(db_session: Session, owner: str, key: str | None, spec_hash: str) -> Job | None:
+    """The job stored under ``(owner, key)``, or None; IdempotencyConflict when that
+    job has another spec."""
+    if not key:
+        return None
+    existing = db_session.scalar(_JOB_BY_KEY, {"owner": owner, "key": key})
+    if existing is not None and existing.spec_hash != spec_hash:
         raise IdempotencyConflict("this Idempotency-Key was already used with another spec")
     return existing
 
 
-async def referenced_jobs(db: AsyncDatabase, spec: RunSpec) -> dict[str, JobRef | None]:
-    """The jobs ``teacher_ref`` and ``checkpoint_ref`` may name (for RefChecker)."""
-    refs = {ref for ref in (spec.teacher_ref, spec.checkpoint_ref) if ref is not None}
-    return {ref: await db.fetch_one(_JOB_REF, {"job_id": ref}) for ref in sorted(refs)}
-
-
-async def create(
+def create(
     *,
-    runtime: Runtime,
+    db_session: Session,
     settings: Settings,
     spec: RunSpec,
     owner: str,
     idempotency_key: str | None = None,
-) -> tuple[Mapping[str, Any], bool]:
-    """Store a queued job, then send it; returns (the job's row, created).
+) -> tuple[Mapping[str, Any] | Job, bool]:
+    """Store a job, then send it; returns (the job, created).
 
-    A replayed key returns the first job and sends nothing. The spec's dataset
-    and references are checked first (SpecRejected, unless the key was used
-    before); the row is committed (one autocommitted INSERT) before its message
-    is sent, and a broker that is down leaves it to the re-sender.
-    """
-    db = runtime.db
+    The job is queued, or ``waiting`` while its teacher job has not finished. A
+    replayed key returns the first job and sends nothing. The spec's dataset and
+    references are checked first (SpecRejected, unless the key was used before);
+    the row is committed before its message is sent, and a broker that is down
+    leaves it to the re-sender. A new job comes back as its column values (no
+    query reads it back); a replay as the stored Job."""
     spec_hash = spec.spec_hash()
-    name = spec.dataset.name
-    info = cached_dataset_info(settings.data_root, name)
-    if info is None:
-        # Reading a manifest is file I/O: not on the event loop.
-        info = await anyio.to_thread.run_sync(dataset_info, settings.data_root, name)
-    jobs = await referenced_jobs(db, spec)
-    checker = RefChecker(settings.data_root, settings.weights_root, jobs.get, datasets={name: info})
     try:
-        refs = checker.check(spec)
+        refs = RefChecker.for_session(db_session, settings).check(spec)
     except SpecRejected:
         # A replay returns the first job even if its references have changed since.
-        existing = (
-            await db.fetch_one(_JOB_BY_KEY, {"owner": owner, "key": idempotency_key})
-            if idempotency_key
-            else None
-        )
+        existing = _replay(db_session, owner, idempotency_key, spec_hash)
         if existing is None:
             raise
-        return _replay(existing, spec_hash), False
-    values = job_values(
+        return existing, False
+    values = lifecycle.job_values(
         spec=spec,
         owner=owner,
         max_attempts=settings.max_attempts,
@@ -471,71 +313,47 @@ async def create(
         waiting=refs.teacher_pending,
         idempotency_key=idempotency_key,
     )
-    statement = insert_statement(db.dialect_name)
-    row: Mapping[str, Any] = values
-    if await db.execute(statement, {f"v_{k}": v for k, v in values.items()}) == 0:
-        # No row: the key was used before, or this is our own INSERT sent twice
-        # after a lost connection (the id is ours).
-        mine = await db.fetch_one(_JOB_BY_ID, {"job_id": values["id"]})
-        if mine is None:
-            existing = await db.fetch_one(_JOB_BY_KEY, {"owner": owner, "key": idempotency_key})
-            if existing is None:
-                raise RuntimeError(f"job {values['id']} was neither stored nor a replay")
-            return _replay(existing, spec_hash), False
-        row = mine
-    if row["state"] == "waiting":
-        return await _release_if_teacher_done(db, runtime, row), True
-    return await _publish(db, runtime, row), True
+    (stored,) = lifecycle.insert_jobs(db_session, [values])
+    db_session.commit()
+    if not stored:
+        existing = _replay(db_session, owner, idempotency_key, spec_hash)
+        if existing is None:
+            raise RuntimeError(f"job {values['id']} was neither stored nor a replay")
+        return existing, False
+    if values["state"] == "waiting":
+        # The teacher may have finished after the check, before the INSERT.
+        settled = lifecycle.settle_students(db_session, settings, values["teacher_job_id"])
+        if settled.released or settled.failed:
+            return _fresh(db_session, values["id"]), True
+        return values, True
+    if not lifecycle.send(db_session, settings, values):
+        return _fresh(db_session, values["id"]), True  # stored unsent: as it is now
+    return values, True
 
 
-async def _publish(
-    db: AsyncDatabase, runtime: Runtime, row: Mapping[str, Any]
-) -> Mapping[str, Any]:
-    """Send a queued row stored already marked as sent; if the broker refuses, clear
-    ``enqueued_at`` (the re-sender's mark) and return the row as it is now."""
-    sent = await runtime.publisher.publish(
-        job_id=row["id"],
-        attempt=row["attempt"],
-        queue=enqueue.queue_for(row["spec"]),
-        task_id=row["task_id"],
-    )
-    if sent:
-        return row
-    unsent = await db.fetch_one(
-        _UNSENT, {"job_id": row["id"], "sent_attempt": row["attempt"], "now": utcnow()}
-    )
-    return unsent or row
+def _fresh(db_session: Session, job_id: str) -> Job:
+    job = db_session.get(Job, job_id, populate_existing=True)
+    assert job is not None  # committed above; jobs are never deleted by the API
+    return job
 
 
-_TEACHER_STATE = select(_JOBS.c.state).where(_JOBS.c.id == bindparam("teacher_id"))
-_RELEASE = (
-    update(_JOBS)
-    .where(_JOBS.c.id == bindparam("job_id"), _JOBS.c.state == "waiting")
-    .values(
-        state="queued",
-        task_id=bindparam("task_id"),
-        enqueued_at=bindparam("now"),
-        updated_at=bindparam("now"),
-        message=None,
-    )
-    .returning(*_JOBS.c)
-)
-
-
-async def _release_if_teacher_done(
-    db: AsyncDatabase, runtime: Runtime, row: Mapping[str, Any]
-) -> Mapping[str, Any]:
-    """A student stored ``waiting`` whose teacher succeeded meanwhile (after the check,
-    before the INSERT) is queued and sent now; any other outcome of the teacher is
-    settled by the worker or the next maintenance pass (pgd_service.lifecycle)."""
-    teacher = await db.fetch_one(_TEACHER_STATE, {"teacher_id": row["teacher_job_id"]})
-    if teacher is None or teacher["state"] != "succeeded":
-        return row
-    params = {"job_id": row["id"], "task_id": enqueue.new_task_id(), "now": utcnow()}
-    released = await db.fetch_one(_RELEASE, params)
-    if released is None:
-        return row
-    return await _publish(db, runtime, released)
+def store_and_send(
+    db_session: Session, settings: Settings, rows: list[dict[str, Any]]
+) -> list[Job]:
+    """Store new jobs (lifecycle.job_values) in the caller's transaction and commit it,
+    then send the queued ones and settle the waiting ones whose teacher has finished
+    meanwhile; returns the jobs as stored, in order."""
+    lifecycle.insert_jobs(db_session, rows)
+    db_session.commit()
+    ids = [row["id"] for row in rows]
+    by_id = {job.id: job for job in db_session.scalars(select(Job).where(Job.id.in_(ids)))}
+    jobs = [by_id[job_id] for job_id in ids]
+    lifecycle.send_all(db_session, settings, [job for job in jobs if job.state == "queued"])
+    for teacher in {job.teacher_job_id for job in jobs if job.state == "waiting"}:
+        lifecycle.settle_students(db_session, settings, teacher or "")
+    for job in jobs:
+        db_session.refresh(job)
+    return jobs
 
 
 def encode_cursor(seq: int) -> str:
@@ -575,29 +393,6 @@ def list_page(
 
 
 def cancel(*, db_session: Session, settings: Settings, job: Job) -> bool:
-    """Waiting or queued -> cancelled, running -> cancelling; False when the job has
-    already finished. Students waiting for a job cancelled at once fail with it.
-
-    One guarded UPDATE (compare-and-set on the state), so a worker finishing the
-    job at the same moment can never be overwritten.
-    """
-    now = utcnow()
-    queued = Job.state.in_(("waiting", "queued"))
-    result = db_session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.state.in_(CANCELLABLE))
-        .values(
-            state=case((queued, "cancelled"), else_="cancelling"),
-            cancel_requested=case((queued, Job.cancel_requested), else_=True),
-            cancel_requested_at=case((queued, Job.cancel_requested_at), else_=now),
-            finished_at=case((queued, now), else_=Job.finished_at),
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    db_session.commit()
-    db_session.refresh(job)
-    if job.state == "cancelled":
-        lifecycle.settle_students(db_session, settings, job.id)
-    # A second cancel of a job still stopping is accepted again, not a conflict.
-    return rowcount(result) == 1 or job.state == "cancelling"
+    """Waiting or queued -> cancelled, running -> cancelling (lifecycle.cancel); False
+    when the job has already finished."""
+    return lifecycle.cancel(db_session, settings, job)

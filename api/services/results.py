@@ -45,25 +45,19 @@ from sqlalchemy import (
     Integer,
     Select,
     Subquery,
-    Text,
     and_,
     bindparam,
-    case,
     cast,
-    extract,
     func,
-    literal_column,
-    null,
     or_,
     select,
     true,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
-from api.db.aio import AsyncDatabase
-from api.schemas import ResultPage
+from api.schemas.results import ResultPage
 from pgd_service.db.models import METRICS, EvalResult, Job, LeaderboardVersion
 
 # A fetched row by column name (SQLAlchemy's RowMapping is keyed by more than str).
@@ -85,6 +79,27 @@ _RESULT_COLUMNS: tuple[str, ...] = (
     "metrics",
     "created_at",
 )
+
+
+#: The ``jobs`` columns whose UPDATE changes what a page shows, for a job that has a
+#: result: the page reads them (the job's kind, its teacher, the baseline lookup
+#: by detector, dataset, student spec, state and recency). Migration 0004's
+#: triggers raise the leaderboard version on an UPDATE of exactly these, so a
+#: cached page is never served after they change; a query that reads another
+#: column must add it here and to a new migration's triggers
+#: (tests/test_leaderboard_triggers.py compares the three).
+TRIGGER_JOB_COLUMNS: tuple[str, ...] = (
+    "kind",
+    "detector",
+    "dataset",
+    "spec",
+    "state",
+    "teacher_job_id",
+    "created_at",
+    "finished_at",
+)
+#: ``jobs`` columns the page reads that no UPDATE ever changes (set at creation).
+IMMUTABLE_JOB_COLUMNS: tuple[str, ...] = ("id", "seq", "study_id")
 
 
 class InvalidSort(ValueError):
@@ -259,81 +274,6 @@ def _page_query(
     return query, _ordered(rows, key, descending)
 
 
-# Constants of the JSON statement are written into its SQL, not bound: binding them
-# would make the statement's parameters a hundred and fifty.
-_NOT_FINITE: tuple[ColumnElement[Any], ...] = tuple(
-    literal_column(f"'{v}'::float8") for v in ("NaN", "Infinity", "-Infinity")
-)
-
-
-def _sql(text: str) -> ColumnElement[Any]:
-    """A constant string as an SQL literal (only for this module's own constants)."""
-    assert "'" not in text
-    return literal_column(f"'{text}'")
-
-
-def _finite(value: ColumnElement[Any]) -> ColumnElement[Any]:
-    # NaN and infinities are not JSON: null, as pydantic writes them.
-    return case((value.in_(_NOT_FINITE), null()), else_=value)
-
-
-def _utc_text(value: ColumnElement[Any]) -> ColumnElement[Any]:
-    """A timestamptz as pydantic writes an aware UTC datetime: seconds, then
-    microseconds only when there are some, then Z."""
-    utc = func.timezone(_sql("UTC"), value)
-    whole: ColumnElement[Any] = literal_column("1000000")
-    fraction = case(
-        (extract("microseconds", value) % whole != 0, func.to_char(utc, _sql(".US"))),
-        else_=_sql(""),
-    )
-    return func.concat(func.to_char(utc, _sql('YYYY-MM-DD"T"HH24:MI:SS')), fraction, _sql("Z"))
-
-
-@lru_cache(maxsize=512)
-def _page_json_statement(filtered: tuple[str, ...], key: str, descending: bool) -> Select[str, int]:
-    """PostgreSQL: one row holding the page's items as JSON text (built by the server,
-    in :class:`api.schemas.ResultRow`'s field order, with :func:`_row`'s rules) and
-    how many rows the page query found (``:limit`` asks one more than ``:page_size``
-    to know whether a next page exists)."""
-    query, order = _page_query("postgresql", filtered, key, descending)
-    page = query.add_columns(func.row_number().over(order_by=order).label("position")).subquery(
-        "numbered"
-    )
-    c = page.c
-    distilled = and_(c.kind == _sql("distill"), c.teacher_job_id.is_not(None))
-    found = c.baseline_job_id.is_not(None)
-
-    def baseline(name: str) -> ColumnElement[Any]:
-        return case((found, c[f"baseline_{name}"]), else_=c[f"unfinished_baseline_{name}"])
-
-    fields: dict[str, ColumnElement[Any]] = {
-        "id": c.id,
-        "job_id": c.job_id,
-        "kind": c.kind,
-        "dataset": c.dataset,
-        "detector": c.detector,
-        "method": c.method,
-        **{m: _finite(c[m]) for m in METRICS},
-        "metrics": c.metrics,
-        "created_at": _utc_text(c.created_at),
-        "teacher_job_id": case((distilled, c.teacher_job_id)),
-        **{f"teacher_{m}": case((distilled, _finite(c[f"teacher_{m}"]))) for m in METRICS},
-        "baseline_job_id": baseline("job_id"),
-        **{f"baseline_{m}": _finite(baseline(m)) for m in METRICS},
-    }
-    for m in DELTA_METRICS:
-        fields[f"delta_{m}_vs_baseline"] = _finite(_finite(c[m]) - fields[f"baseline_{m}"])
-        fields[f"delta_{m}_vs_teacher"] = _finite(_finite(c[m]) - fields[f"teacher_{m}"])
-    item = func.json_build_object(*(x for name, v in fields.items() for x in (_sql(name), v)))
-    items = func.json_agg(aggregate_order_by(item, c.position)).filter(
-        c.position <= bindparam("page_size", type_=Integer)
-    )
-    return select(
-        cast(func.coalesce(items, literal_column("'[]'::json")), Text).label("items"),
-        func.count().label("fetched"),
-    ).select_from(page)
-
-
 def _is_distilled(kind: str, teacher_job_id: str | None) -> bool:
     return kind == "distill" and teacher_job_id is not None
 
@@ -448,55 +388,34 @@ def list_page(
     return _page(fetched, baselines, limit, offset)
 
 
-async def page_body(
-    db: AsyncDatabase,
+def page_body(
     *,
+    db_session: Session,
     filters: ResultFilters,
     sort: str = DEFAULT_SORT,
     limit: int,
     offset: int = 0,
 ) -> bytes:
-    """One page as the JSON of :class:`api.schemas.ResultPage`.
-
-    On PostgreSQL the server writes the items' JSON (:func:`_page_json_statement`):
-    turning 50 rows of 40 columns into Python objects and back into JSON cost more
-    CPU in the API than the query took in the database. Elsewhere :func:`list_page`
-    in a worker thread and pydantic. The two agree value for value (a test compares
-    them); PostgreSQL writes a float with no fraction as ``44`` where pydantic
-    writes ``44.0``, the same JSON number."""
-    if db.dialect_name != "postgresql":
-        rows, next_offset = await db.run_sync(
-            lambda session: list_page(
-                db_session=session, filters=filters, sort=sort, limit=limit, offset=offset
-            )
-        )
-        page = ResultPage.model_validate(
-            {"items": rows, "limit": limit, "offset": offset, "next_offset": next_offset}
-        )
-        return page.model_dump_json().encode()
-    key, descending = parse_sort(sort)
-    statement = _page_json_statement(tuple(_filter_values(filters)), key, descending)
-    parameters = page_parameters(filters, limit=limit + 1, offset=offset)
-    found = await db.fetch_one(statement, {**parameters, "page_size": limit})
-    assert found is not None  # an aggregate: always one row
-    following = str(offset + limit).encode() if found["fetched"] > limit else b"null"
-    return b'{"items":%s,"limit":%d,"offset":%d,"next_offset":%s}' % (
-        found["items"].encode(),
-        limit,
-        offset,
-        following,
+    """One page (:func:`list_page`) as the JSON of :class:`api.schemas.results.ResultPage`."""
+    rows, next_offset = list_page(
+        db_session=db_session, filters=filters, sort=sort, limit=limit, offset=offset
     )
+    page = ResultPage.model_validate(
+        {"items": rows, "limit": limit, "offset": offset, "next_offset": next_offset}
+    )
+    return page.model_dump_json().encode()
 
 
 _VERSION = select(LeaderboardVersion.version).where(LeaderboardVersion.id == 1)
 
 
-async def leaderboard_version(db: AsyncDatabase) -> int:
-    """The counter every change to the leaderboard's content raises (migration 0004)."""
-    row = await db.fetch_one(_VERSION)
-    if row is None:
+def leaderboard_version(db_session: Session) -> int:
+    """The counter every change to the leaderboard's content raises (the triggers of
+    migration 0004 on :data:`TRIGGER_JOB_COLUMNS`)."""
+    version = db_session.scalar(_VERSION)
+    if version is None:
         raise RuntimeError("leaderboard_version has no row: is the database migrated to head?")
-    return int(row["version"])
+    return int(version)
 
 
 PageKey: TypeAlias = tuple[Any, ...]

@@ -30,9 +30,8 @@ from sqlalchemy.orm import Session
 from api.auth import Caller
 from api.services.groups import grouped_rows
 from api.services.job_data import group_summary
-from api.services.jobs import RefChecker, SpecRejected, new_job
+from api.services.jobs import RefChecker, SpecRejected, store_and_send
 from api.services.results import ResultFilters
-from api.services.sweeps import send_all
 from pgd_core.presets import paper_distill
 from pgd_core.spec import KD_METHODS, RunSpec
 from pgd_service import lifecycle
@@ -181,12 +180,12 @@ def create(
     )
     db_session.add(study)
     db_session.flush()
-    jobs = []
+    rows = []
     for item, checked in zip(planned, refs, strict=True):
         is_teacher = item.role == "teacher"
         needs_teacher_job = item.spec.uses_teacher and teacher is not None
-        jobs.append(
-            new_job(
+        rows.append(
+            lifecycle.job_values(
                 spec=item.spec,
                 owner=owner,
                 max_attempts=settings.max_attempts,
@@ -198,17 +197,10 @@ def create(
         )
     if teacher is None and teacher_ref is not None:
         study.teacher_job_id = next(
-            (job.teacher_job_id for job in jobs if job.teacher_job_id), None
+            (row["teacher_job_id"] for row in rows if row["teacher_job_id"]), None
         )
-    # The teacher first: the students' foreign key points at it.
-    if jobs and teacher is not None:
-        db_session.add(jobs[0])
-        db_session.flush()
-    db_session.add_all(jobs)
-    db_session.commit()
-    send_all(db_session, settings, [job for job in jobs if job.state == "queued"])
-    for teacher_id in {job.teacher_job_id for job in jobs if job.state == "waiting"}:
-        lifecycle.settle_students(db_session, settings, teacher_id or "")
+    # In order: the teacher first, as the students' foreign key points at it.
+    jobs = store_and_send(db_session, settings, rows)
     return study, jobs
 
 

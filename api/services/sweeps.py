@@ -7,15 +7,14 @@ import itertools
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth import Caller
 from api.services.job_data import group_summary
-from api.services.jobs import RefChecker, SpecRejected, new_job
+from api.services.jobs import RefChecker, SpecRejected, store_and_send
 from pgd_core.spec import RunSpec
 from pgd_service import lifecycle
-from pgd_service import queue as enqueue
 from pgd_service.db.models import Job, Sweep
 from pgd_service.settings import Settings
 
@@ -90,8 +89,8 @@ def create(
     sweep = Sweep(owner=owner, grid=grid)
     db_session.add(sweep)
     db_session.flush()
-    jobs = [
-        new_job(
+    rows = [
+        lifecycle.job_values(
             spec=spec,
             owner=owner,
             max_attempts=settings.max_attempts,
@@ -101,30 +100,7 @@ def create(
         )
         for (_, spec), refs in zip(specs, teachers, strict=True)
     ]
-    db_session.add_all(jobs)
-    db_session.commit()
-    send_all(db_session, settings, [job for job in jobs if job.state == "queued"])
-    for teacher in {job.teacher_job_id for job in jobs if job.state == "waiting"}:
-        lifecycle.settle_students(db_session, settings, teacher or "")
-    return sweep, jobs
-
-
-def send_all(db_session: Session, settings: Settings, jobs: list[Job]) -> None:
-    """Send committed jobs in order; after the first failure the rest are left unsent
-    (``enqueued_at`` cleared) for the re-sender instead of each waiting for the broker."""
-    for index, job in enumerate(jobs):
-        if enqueue.send_job(db_session, settings, job):
-            continue
-        rest = [other.id for other in jobs[index + 1 :]]
-        if rest:
-            db_session.execute(
-                update(Job)
-                .where(Job.id.in_(rest), Job.state == "queued")
-                .values(enqueued_at=None)
-                .execution_options(synchronize_session=False)
-            )
-            db_session.commit()
-        return
+    return sweep, store_and_send(db_session, settings, rows)
 
 
 def get(*, db_session: Session, sweep_id: str, token: Caller) -> Sweep | None:

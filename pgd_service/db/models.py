@@ -33,6 +33,8 @@ from pgd_service.db.types import BigIntPK, UTCDateTime, utcnow
 #: The metric columns of ``eval_results`` (COCO AP family, CrowdHuman MR and JI).
 METRICS: tuple[str, ...] = ("ap", "ap50", "ap75", "aps", "apm", "apl", "mr", "ji")
 
+#: The states of a job (the CHECK constraint); what moves a job between them is
+#: pgd_service.lifecycle.
 JOB_STATES: tuple[str, ...] = (
     # A student whose teacher job has not finished: queued when it succeeds,
     # failed (reason teacher_failed) when it does not.
@@ -45,8 +47,6 @@ JOB_STATES: tuple[str, ...] = (
     "cancelled",
 )
 JOB_KINDS: tuple[str, ...] = ("train", "distill", "evaluate")
-# States in which a worker holds the job (and writes its heartbeat).
-ACTIVE_STATES: tuple[str, ...] = ("running", "cancelling")
 
 # Deterministic constraint names: Alembic can only drop or alter (and SQLite's
 # batch mode can only rebuild) constraints that have names.

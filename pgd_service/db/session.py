@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from pgd_service.settings import get_settings
-
 # Connections a process may hold: as many as the threads that run sync routes
 # (anyio's default limiter: 40), so under load no request waits in the pool
 # while holding a thread (with SQLAlchemy's default, 5 + 10 overflow, requests
-# 16 to 40 would). The async routes have their own pool (api.db.aio,
-# ASYNC_POOL_SIZE). Mind the server's max_connections (PostgreSQL: 100) when
+# 16 to 40 would). Mind the server's max_connections (PostgreSQL: 100) when
 # running several API processes.
 POOL_SIZE = 20
 MAX_OVERFLOW = 20
@@ -37,40 +32,37 @@ def _configure_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    application_name: str | None = None,
+    timeout_s: float | None = None,
+    **kwargs: Any,
+) -> Engine:
     """An engine for ``url``; SQLite connections get foreign keys and WAL; server
     databases a pool sized for one API process (see POOL_SIZE); psycopg
-    connections prepare statements early (see PREPARE_THRESHOLD)."""
+    connections prepare statements early (see PREPARE_THRESHOLD).
+
+    ``application_name``: what PostgreSQL's ``pg_stat_activity`` shows for the
+    connections; ``timeout_s``: how long a checkout waits for a pooled connection
+    (and, on PostgreSQL, for a new one to connect) before failing."""
     if not url.startswith("sqlite") and "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", POOL_SIZE)
         kwargs.setdefault("max_overflow", MAX_OVERFLOW)
-    if url.startswith("postgresql+psycopg:") or url.startswith("postgresql+psycopg_async:"):
-        kwargs["connect_args"] = {
-            "prepare_threshold": PREPARE_THRESHOLD,
-            **kwargs.get("connect_args", {}),
-        }
+        if timeout_s is not None:
+            kwargs.setdefault("pool_timeout", timeout_s)
+    if url.startswith("postgresql+psycopg:"):
+        extra: dict[str, Any] = {"prepare_threshold": PREPARE_THRESHOLD}
+        if application_name is not None:
+            extra["application_name"] = application_name
+        if timeout_s is not None:
+            extra["connect_timeout"] = max(1, round(timeout_s))
+        kwargs["connect_args"] = {**extra, **kwargs.get("connect_args", {})}
     engine = create_engine(url, pool_pre_ping=True, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _configure_sqlite)
     return engine
 
 
-@lru_cache
-def get_engine() -> Engine:
-    """The process-wide engine for the configured database."""
-    return make_engine(get_settings().database_url)
-
-
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
-
-
-@lru_cache
-def get_session_factory() -> sessionmaker[Session]:
-    return make_session_factory(get_engine())
-
-
-def get_session() -> Iterator[Session]:
-    """One session per request (a FastAPI dependency); closed afterwards."""
-    with get_session_factory()() as session:
-        yield session

@@ -1,64 +1,13 @@
-"""Request and response bodies of the REST API."""
+"""Bodies of ``/results``: leaderboard rows and pages, and rows grouped over seeds."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, Field, create_model
 
-from pgd_core.spec import RunSpec
-
-
-class JobCreate(RunSpec):
-    """The body of ``POST /jobs``: a complete run spec, validated before anything is stored."""
-
-
-class JobRead(BaseModel):
-    """A job as the API shows it."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    id: str
-    kind: str
-    detector: str
-    dataset: str
-    method: str
-    state: str
-    reason: str | None
-    message: str | None
-    attempt: int
-    max_attempts: int
-    progress: float
-    owner: str
-    spec: dict[str, Any]
-    spec_hash: str
-    cancel_requested: bool
-    teacher_job_id: str | None
-    sweep_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-class JobPage(BaseModel):
-    """One page of jobs, newest first; pass ``next_cursor`` back to get the next page."""
-
-    items: list[JobRead]
-    next_cursor: str | None
-
-
-class PresetRead(BaseModel):
-    name: str
-    spec: dict[str, Any]
-
-
-class DatasetRead(BaseModel):
-    name: str
-    format: str
-    classes: list[str]
-    splits: list[str]
+from pgd_service.db.models import METRICS
 
 
 class ResultRow(BaseModel):
@@ -123,10 +72,9 @@ class ResultPage(BaseModel):
 
 def _group_fields() -> dict[str, Any]:
     """The per-metric fields of :class:`GroupRow` (api.services.groups computes them)."""
-    metrics = ("ap", "ap50", "ap75", "aps", "apm", "apl", "mr", "ji")
     gap_metrics = ("ap", "mr", "ji")
     fields: dict[str, Any] = {}
-    for m in metrics:
+    for m in METRICS:
         fields[f"{m}_n"] = (int, Field(description=f"rows of the group with a {m}"))
         fields[f"{m}_mean"] = (float | None, None)
         fields[f"{m}_sd"] = (float | None, Field(None, description="sample sd (n - 1)"))

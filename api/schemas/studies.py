@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from api.schemas import GroupRow
+from api.schemas.results import GroupRow
 from pgd_core.spec import Method, RunSpec
 
 MAX_STUDY_JOBS = 256
