@@ -2,7 +2,7 @@
 
 This module imports neither torch nor mmdet: the API validates job requests
 with it. The spec is turned into an mmengine config in code
-(:mod:`pgd_core.config`); no user-supplied Python is ever executed.
+(:mod:`pgd_core.configs.runner`); no user-supplied Python is ever executed.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from api.deps import get_app_settings
 from api.problems import problem
 from api.runtime import Runtime, get_runtime
 from api.schemas import DatasetRead, PresetRead
-from pgd_core.datasets import list_datasets
+from pgd_core.data.manifest import list_datasets
 from pgd_core.presets import PRESETS, list_presets
 from pgd_service.settings import Settings
 

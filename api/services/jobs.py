@@ -24,7 +24,7 @@ from sqlalchemy.sql.base import Executable
 from api.auth import Caller
 from api.db.aio import AsyncDatabase
 from api.runtime import Runtime
-from pgd_core.datasets import MANIFEST_NAME, DatasetError, DatasetInfo, load_dataset_info
+from pgd_core.data.manifest import MANIFEST_NAME, DatasetError, DatasetInfo, load_dataset_info
 from pgd_core.spec import ModelSpec, RunSpec
 from pgd_service import lifecycle
 from pgd_service import queue as enqueue

@@ -42,7 +42,7 @@ Deliberate differences from mmdet: no 1e-6 in the JI denominator (perfect
 detections give exactly 100); no detections at all give MR^-2 = 100 (mmdet:
 NaN); images without any box are allowed (mmdet crashes on them).
 
-Only numpy (and the reader of pgd_core.crowdhuman) is needed; matplotlib is
+Only numpy (and the reader of pgd_core.data.odgt) is needed; matplotlib is
 imported lazily, for the plot. No torch, mmdet or scipy.
 """
 
@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from pgd_core.crowdhuman import OdgtRecord, read_odgt
+from pgd_core.data.odgt import OdgtRecord, read_odgt
 from pgd_core.evaluation.coco import EvaluationError
 from pgd_core.evaluation.png import save_png_atomic
 

@@ -21,9 +21,9 @@ from mmengine.runner.checkpoint import load_checkpoint
 from torch import Tensor, nn
 
 import pgd_core.compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
-from pgd_core.decode import DensePredictions, decode_dense
-from pgd_core.losses import pgd_multilevel_losses
-from pgd_core.regions import batched_background_mask, batched_prediction_guided_weights
+from pgd_core.distill.decode import DensePredictions, decode_dense
+from pgd_core.distill.losses import pgd_multilevel_losses
+from pgd_core.distill.regions import batched_background_mask, batched_prediction_guided_weights
 from pgd_core.spec import KD_METHODS
 
 log = logging.getLogger("pgd.distiller")

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pgd_core.datasets import DatasetInfo
-from pgd_core.models import detector_cfg
+from pgd_core.configs.model import detector_cfg
+from pgd_core.data.manifest import DatasetInfo
 from pgd_core.spec import RunSpec
 
 _DATASET_TYPES = {"coco": "CocoDataset", "crowdhuman": "CrowdHumanDataset"}
@@ -98,7 +98,7 @@ def _dataset(info: DatasetInfo, split: str, spec: RunSpec, train: bool) -> dict[
 
 
 def _evaluator(info: DatasetInfo, split: str, work_dir: Path) -> dict[str, Any]:
-    """pgd_core's evaluators (pgd_core.metrics); curves go to ``<work_dir>/plots``."""
+    """pgd_core's evaluators (pgd_core.evaluation.evaluators); curves go to ``<work_dir>/plots``."""
     kind = "PGDCrowdHumanMetric" if info.format == "crowdhuman" else "PGDCocoMetric"
     return dict(
         type=kind, ann_file=str(info.split(split).ann_file), plot_dir=str(Path(work_dir) / PLOT_DIR)
