@@ -11,7 +11,7 @@ from typing import Any
 
 from pgd_core.configs.model import detector_cfg
 from pgd_core.data.manifest import DatasetInfo
-from pgd_core.spec import RunSpec
+from pgd_core.spec import DistillSettings, RunSpec
 
 _DATASET_TYPES = {"coco": "CocoDataset", "crowdhuman": "CrowdHumanDataset"}
 PLOT_DIR = "plots"
@@ -36,22 +36,8 @@ def model_cfg(
         cfg["teacher"] = detector_cfg(spec.detector, spec.teacher, num_classes)
         cfg["teacher"].pop("data_preprocessor")
         cfg["teacher_checkpoint"] = teacher_checkpoint
-        cfg["distill"] = dict(
-            method=spec.method,
-            temp=d.temp,
-            alpha=d.alpha,
-            beta=d.resolved_beta,
-            gamma=d.resolved_gamma,
-            delta=d.delta,
-            level_weights=tuple(d.level_weights),
-            topk=d.topk,
-            cls_quality_alpha=d.cls_quality_alpha,
-            reg_quality_alpha=d.reg_quality_alpha,
-            low_bound=d.low_bound,
-            tower_layer=d.tower_layer,
-            init_student=d.init_student,
-            adapter=d.adapter,
-        )
+        # Plain values: the distiller reads them back into DistillSettings.
+        cfg["distill"] = DistillSettings.for_run(spec.method, d).model_dump()
     return cfg
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,50 +23,13 @@ import pgd_core.compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
 from pgd_core.distill.decode import DensePredictions, decode_dense
 from pgd_core.distill.losses import pgd_multilevel_losses
 from pgd_core.distill.regions import batched_background_mask, batched_prediction_guided_weights
-from pgd_core.spec import KD_METHODS
+from pgd_core.spec import DistillSettings
 
 log = logging.getLogger("pgd.distiller")
-
-#: Methods the distiller runs with a teacher: the KD losses, and ``inherit``
-#: (the teacher's neck and head as the student's start, no KD loss).
-TEACHER_METHODS = (*KD_METHODS, "inherit")
 
 
 class PairingError(ValueError):
     """Teacher and student cannot be distilled into one another."""
-
-
-@dataclass(frozen=True)
-class DistillSettings:
-    """Keyword-only PGD settings (see DistillSpec for their meaning)."""
-
-    method: str = "pgd"
-    temp: float = 0.8
-    alpha: float = 0.04
-    beta: float = 0.02
-    gamma: float = 0.064
-    delta: float = 8e-4
-    level_weights: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0)
-    topk: int = 30
-    cls_quality_alpha: float = 0.8
-    reg_quality_alpha: float = 0.6
-    low_bound: float = 0.0
-    tower_layer: int = 0
-    init_student: bool = True
-    adapter: bool = False
-
-    def __post_init__(self) -> None:
-        if self.method not in TEACHER_METHODS:
-            raise ValueError(
-                f"distill method '{self.method}' is not one of {TEACHER_METHODS} "
-                "(use no teacher for 'none')"
-            )
-        if self.method == "inherit" and not self.init_student:
-            raise ValueError("distill method 'inherit' needs init_student=True")
-
-    @property
-    def with_kd_loss(self) -> bool:
-        return self.method in KD_METHODS
 
 
 class TowerRecorder:
@@ -110,7 +72,7 @@ class PGDDistiller(SingleStageDetector):
             the student, as for any mmdet SingleStageDetector.
         teacher: the teacher's detector config, or None to train the student alone.
         teacher_checkpoint: file loaded into the teacher by ``init_weights``.
-        distill: keyword arguments of :class:`DistillSettings`.
+        distill: keyword arguments of :class:`pgd_core.spec.DistillSettings`.
     """
 
     def __init__(
@@ -304,8 +266,8 @@ class PGDDistiller(SingleStageDetector):
             maps["reg"].to(dtype),
             temp=s.temp,
             alpha=s.alpha,
-            beta=s.beta,
-            gamma=s.gamma,
+            beta=s.resolved_beta,
+            gamma=s.resolved_gamma,
             delta=s.delta,
             level_weights=s.level_weights,
             with_reg=s.method != "pgd_cls_only",
