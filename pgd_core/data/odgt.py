@@ -154,7 +154,9 @@ _NUMBER_TYPES = (int, float)
 
 def _is_number(value: object) -> bool:
     # json.loads accepts NaN/Infinity: refuse them too.
-    return type(value) in _NUMBER_TYPES and math.isfinite(value)
+    return (
+        isinstance(value, _NUMBER_TYPES) and type(value) in _NUMBER_TYPES and math.isfinite(value)
+    )
 
 
 def _check_box(where: str, key: str, value: object, *, positive: bool) -> list[float]:

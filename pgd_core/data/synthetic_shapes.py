@@ -293,7 +293,8 @@ def _write_split(
 ) -> None:
     img_dir = root / "images" / split
     img_dir.mkdir(parents=True)
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for index in range(num_images):
         rng = np.random.default_rng([seed, split_index, index])
         pixels, objects = _render_image(rng, width, height, len(classes), max_objects, min_size)

@@ -20,7 +20,7 @@ from mmengine.runner.checkpoint import load_checkpoint
 from torch import Tensor, nn
 
 import pgd_core.compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
-from pgd_core.distill.decode import DensePredictions, decode_dense
+from pgd_core.distill.decode import DensePredictions, MMDetModule, decode_dense
 from pgd_core.distill.losses import pgd_multilevel_losses
 from pgd_core.distill.regions import batched_background_mask, batched_prediction_guided_weights
 from pgd_core.spec import DistillSettings
@@ -38,7 +38,7 @@ class TowerRecorder:
     The head is shared across levels, so each hook fires once per level, P3 first.
     """
 
-    def __init__(self, head: nn.Module, layer: int) -> None:
+    def __init__(self, head: MMDetModule, layer: int) -> None:
         self.cls: list[Tensor] = []
         self.reg: list[Tensor] = []
         self._active = False
@@ -123,7 +123,7 @@ class PGDDistiller(SingleStageDetector):
         self._teacher_towers = TowerRecorder(built.bbox_head, layer)
 
     # -- construction -----------------------------------------------------------------
-    def _check_pairing(self, teacher: nn.Module) -> None:
+    def _check_pairing(self, teacher: MMDetModule) -> None:
         s_head, t_head = self.bbox_head, teacher.bbox_head
         checks = [
             ("detector family", type(s_head).__name__, type(t_head).__name__),
@@ -158,7 +158,7 @@ class PGDDistiller(SingleStageDetector):
             _check_same_shapes("bbox_head", self.bbox_head, teacher.bbox_head)
             _check_same_shapes("neck", self.neck, teacher.neck, allow_other_shapes=True)
 
-    def _build_adapters(self, teacher: nn.Module) -> nn.ModuleDict | None:
+    def _build_adapters(self, teacher: MMDetModule) -> nn.ModuleDict | None:
         s_ch, t_ch = self.bbox_head.feat_channels, teacher.bbox_head.feat_channels
         if not self.settings.adapter:
             return None
@@ -296,7 +296,7 @@ def _padded_gts(samples: list, device: torch.device) -> tuple[Tensor, Tensor, Te
     return out_boxes, labels, valid
 
 
-def _strides(head: nn.Module) -> list[int]:
+def _strides(head: MMDetModule) -> list[int]:
     return [
         int(s[0]) if isinstance(s, (tuple, list)) else int(s) for s in head.prior_generator.strides
     ]

@@ -150,12 +150,13 @@ def _check_detection(
     if isinstance(category, bool) or category != 1:
         raise DetectionError(f"{where}: category_id must be 1 (person), got {category!r}")
     box = det["bbox"]
-    values = (
+    numbers = (
         [_finite_number(v) for v in box]
         if isinstance(box, (list, tuple, np.ndarray)) and len(box) == 4
         else [None]
     )
-    if any(v is None for v in values):
+    values = [v for v in numbers if v is not None]
+    if len(values) != 4:
         raise DetectionError(
             f"{where}: bbox must be [x, y, w, h] with 4 finite numbers, got {box!r}"
         )
