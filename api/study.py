@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if home.exists() and not args.keep:
         shutil.rmtree(home)
     home.mkdir(parents=True, exist_ok=True)
-    from pgd_core.synthetic import make_coco_shapes
+    from pgd_core.data.synthetic_shapes import make_coco_shapes
 
     print(f"synthetic data set '{args.dataset}' in {home / 'data'}", flush=True)
     make_coco_shapes(

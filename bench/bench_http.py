@@ -45,8 +45,8 @@ from bench_leaderboard import populate  # noqa: E402
 from bench_support import throwaway_schema  # noqa: E402
 
 from api.auth import create_token  # noqa: E402
+from pgd_core.data.synthetic_shapes import make_coco_shapes  # noqa: E402
 from pgd_core.presets import get_preset  # noqa: E402
-from pgd_core.synthetic import make_coco_shapes  # noqa: E402
 from pgd_service.db.session import make_engine, make_session_factory  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/15"

@@ -28,8 +28,8 @@ from mmengine.optim import OptimWrapper
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import synthetic_batch  # noqa: E402
 
-import pgd_core.distiller  # noqa: E402,F401
-from pgd_core.config import model_cfg  # noqa: E402
+import pgd_core.distill.distiller  # noqa: E402,F401
+from pgd_core.configs.runner import model_cfg  # noqa: E402
 from pgd_core.presets import get_preset  # noqa: E402
 
 WARMUP_ROUNDS = 3

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pgd_core.regions import prediction_guided_weights  # noqa: E402
+from pgd_core.distill.regions import prediction_guided_weights  # noqa: E402
 
 IMAGE_W, IMAGE_H = 1333, 800
 STRIDES = (8, 16, 32, 64, 128)

@@ -519,8 +519,8 @@ def main() -> None:
     from bench_support import flushed_redis, throwaway_schema
 
     from api.auth import store_token
+    from pgd_core.data.synthetic_shapes import make_coco_shapes
     from pgd_core.presets import get_preset
-    from pgd_core.synthetic import make_coco_shapes
     from pgd_service.db.session import make_engine
 
     python = ensure_mlflow_venv(args.mlflow_venv)

@@ -106,7 +106,7 @@ def make_settings(tmp: Path, database_url: str, broker_url: str, **extra: Any):
 def prepare(settings) -> None:
     """Migrate the database and register the synthetic ``shapes`` dataset."""
     from api.embedded import migrate
-    from pgd_core.synthetic import make_coco_shapes
+    from pgd_core.data.synthetic_shapes import make_coco_shapes
 
     migrate(settings.database_url)
     make_coco_shapes(settings.data_root, "shapes")
@@ -481,7 +481,7 @@ def cmd_overhead(args: argparse.Namespace) -> dict[str, Any]:
     points: dict[str, list[int]] = {name: [] for name in configs}
     try:
         with throwaway_schema("pgd_wbench") as database_url:
-            from pgd_core.synthetic import make_coco_shapes
+            from pgd_core.data.synthetic_shapes import make_coco_shapes
 
             data_root = tmp / "data"
             make_coco_shapes(data_root, "shapes")

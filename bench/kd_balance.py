@@ -27,7 +27,7 @@ import tempfile
 
 import torch
 
-from pgd_core.balance import gradient_balance
+from pgd_core.distill.balance import gradient_balance
 from pgd_core.presets import get_preset
 from pgd_core.runner import build_runner
 from pgd_core.spec import KD_METHODS, RunSpec

@@ -40,7 +40,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_shapes(args: argparse.Namespace) -> int:
-    from pgd_core.synthetic import make_coco_shapes
+    from pgd_core.data.synthetic_shapes import make_coco_shapes
 
     info = make_coco_shapes(
         args.data_root,

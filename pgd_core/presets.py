@@ -107,7 +107,7 @@ def _paper_presets() -> dict[str, RunSpec]:
 #: The tiny presets' KD weight, as a share of the paper's alpha (beta and gamma
 #: follow alpha). The paper's alpha was tuned for 256-channel heads on COCO; on
 #: 32-channel heads at 160 px it makes the KD gradient about 10x the detection
-#: gradient at the start of training (pgd_core.balance, measured with a trained
+#: gradient at the start of training (pgd_core.distill.balance, measured with a trained
 #: teacher), and the students lost AP to the same student without KD loss. A
 #: tenth brings the two gradients level; docs/study.md has the sweep it comes from.
 TINY_ALPHA_SCALE = 0.1

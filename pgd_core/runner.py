@@ -21,12 +21,12 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 import pgd_core.compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
-import pgd_core.distiller  # noqa: F401  (registers PGDDistiller)
-import pgd_core.metrics  # noqa: F401  (registers the evaluators)
-from pgd_core.config import PLOT_DIR, runner_cfg
-from pgd_core.datasets import load_dataset_info
+import pgd_core.distill.distiller  # noqa: F401  (registers PGDDistiller)
+import pgd_core.evaluation.evaluators  # noqa: F401  (registers the evaluators)
+from pgd_core.configs.runner import PLOT_DIR, runner_cfg
+from pgd_core.data.manifest import load_dataset_info
+from pgd_core.data.validation import validate_split
 from pgd_core.spec import RunSpec
-from pgd_core.validation import validate_split
 
 
 class TrainingDiverged(RuntimeError):

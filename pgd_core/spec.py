@@ -2,14 +2,14 @@
 
 This module imports neither torch nor mmdet: the API validates job requests
 with it. The spec is turned into an mmengine config in code
-(:mod:`pgd_core.config`); no user-supplied Python is ever executed.
+(:mod:`pgd_core.configs.runner`); no user-supplied Python is ever executed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
@@ -22,12 +22,17 @@ Device = Literal["cuda", "cpu"]
 #: start from the teacher's weights (as ``init_student`` does) and no KD loss is
 #: added, the control that separates PGD's initialisation from its loss.
 #: ``none``: the student alone, same code path.
-Method = Literal["pgd", "pgd_no_gaussian", "pgd_cls_only", "fgd_box", "inherit", "none"]
+KDMethod = Literal["pgd", "pgd_no_gaussian", "pgd_cls_only", "fgd_box"]
+TeacherMethod = Literal[KDMethod, "inherit"]
+Method = Literal[TeacherMethod, "none"]
 
-DETECTORS: tuple[str, ...] = ("fcos", "atss", "gfl", "autoassign", "ddod")
+DETECTORS: tuple[str, ...] = get_args(Detector)
 #: Methods that add a KD loss (each needs a teacher and distillation settings).
-KD_METHODS: tuple[str, ...] = ("pgd", "pgd_no_gaussian", "pgd_cls_only", "fgd_box")
-METHODS: tuple[str, ...] = (*KD_METHODS, "inherit", "none")
+KD_METHODS: tuple[str, ...] = get_args(KDMethod)
+#: Methods the distiller runs with a teacher: the KD losses, and ``inherit``
+#: (the teacher's neck and head as the student's start, no KD loss).
+TEACHER_METHODS: tuple[str, ...] = get_args(TeacherMethod)
+METHODS: tuple[str, ...] = get_args(Method)
 #: The FPN levels every supported head predicts on (P3..P7).
 STRIDES: tuple[int, ...] = (8, 16, 32, 64, 128)
 PAPER_LEVEL_WEIGHTS: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0)
@@ -129,6 +134,39 @@ class DistillSpec(_Frozen):
                 f"distill.level_weights needs {len(STRIDES)} values (P3..P7), "
                 f"got {len(self.level_weights)}"
             )
+        return self
+
+
+class DistillSettings(DistillSpec):
+    """What the distiller runs: a method with a teacher and the DistillSpec's
+    hyper-parameters (the same fields and defaults), beta and gamma filled in.
+
+    ``model_cfg`` writes one into the model config with :meth:`for_run`; the
+    distiller reads it back from there (:class:`pgd_core.distill.distiller.PGDDistiller`).
+    """
+
+    method: TeacherMethod = "pgd"
+
+    @classmethod
+    def for_run(cls, method: str, distill: DistillSpec) -> DistillSettings:
+        """``distill`` for ``method``, with its resolved beta and gamma."""
+        return cls.model_validate(
+            {
+                "method": method,
+                **distill.model_dump(),
+                "beta": distill.resolved_beta,
+                "gamma": distill.resolved_gamma,
+            }
+        )
+
+    @property
+    def with_kd_loss(self) -> bool:
+        return self.method in KD_METHODS
+
+    @model_validator(mode="after")
+    def _inherit_starts_from_the_teacher(self) -> DistillSettings:
+        if self.method == "inherit" and not self.init_student:
+            raise ValueError("distill method 'inherit' needs init_student=True")
         return self
 
 

@@ -8,8 +8,8 @@ from mmdet.structures import DetDataSample
 from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 
-import pgd_core.distiller  # noqa: F401  (registers PGDDistiller)
-from pgd_core.config import model_cfg
+import pgd_core.distill.distiller  # noqa: F401  (registers PGDDistiller)
+from pgd_core.configs.runner import model_cfg
 from pgd_core.presets import get_preset
 
 IMG = 160

@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 
 from api.auth import create_token
 from api.main import APPLICATION_NAME, create_app
+from pgd_core.data.synthetic_shapes import make_coco_shapes
 from pgd_core.presets import get_preset
-from pgd_core.synthetic import make_coco_shapes
 from pgd_service.db.models import Job
 from pgd_service.settings import Settings
 

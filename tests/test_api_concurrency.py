@@ -20,8 +20,8 @@ from db_helpers import bearer, insert_job, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from pgd_core.data.synthetic_shapes import make_coco_shapes
 from pgd_core.presets import get_preset
-from pgd_core.synthetic import make_coco_shapes
 from pgd_service.db.models import Job
 
 THREADS = 8

@@ -17,8 +17,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.main import create_app
+from pgd_core.data.synthetic_shapes import make_coco_shapes
 from pgd_core.presets import get_preset
-from pgd_core.synthetic import make_coco_shapes
 from pgd_service import maintenance
 from pgd_service import queue as enqueue
 from pgd_service.db.models import Job

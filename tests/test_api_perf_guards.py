@@ -20,9 +20,9 @@ from fastapi.testclient import TestClient
 
 import api.auth
 import api.services.jobs
-from pgd_core.datasets import MANIFEST_NAME
+from pgd_core.data.manifest import MANIFEST_NAME
+from pgd_core.data.synthetic_shapes import make_coco_shapes
 from pgd_core.presets import get_preset
-from pgd_core.synthetic import make_coco_shapes
 from pgd_service import lifecycle
 
 

@@ -13,9 +13,9 @@ from db_helpers import bearer, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from pgd_core.datasets import MANIFEST_NAME
+from pgd_core.data.manifest import MANIFEST_NAME
+from pgd_core.data.synthetic_shapes import make_coco_shapes
 from pgd_core.presets import get_preset
-from pgd_core.synthetic import make_coco_shapes
 from pgd_service.db.models import Job, Sweep
 
 Headers = dict[str, str]

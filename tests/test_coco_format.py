@@ -1,4 +1,4 @@
-"""The strict COCO instances validator (pgd_core.coco_format): a generated data
+"""The strict COCO instances validator (pgd_core.data.coco): a generated data
 set passes with the right counts, and every error names the file and the entry."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pgd_core.coco_format import CocoSummary, validate_coco
-from pgd_core.datasets import DatasetError
-from pgd_core.synthetic import make_coco_shapes
+from pgd_core.data.coco import CocoSummary, validate_coco
+from pgd_core.data.manifest import DatasetError
+from pgd_core.data.synthetic_shapes import make_coco_shapes
 
 # ----------------------------------------------------------------------------- helpers
 

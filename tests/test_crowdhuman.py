@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pgd_core.crowdhuman import (
+from pgd_core.data.manifest import DatasetError, load_dataset_info
+from pgd_core.data.odgt import (
     OdgtRecord,
-    make_crowdhuman_like,
     read_image_sizes,
     read_odgt,
     summarize_odgt,
 )
-from pgd_core.datasets import DatasetError, load_dataset_info
+from pgd_core.data.synthetic_crowd import make_crowdhuman_like
 from pgd_core.evaluation.crowdhuman import (
     JI_SCORE_THRESHOLDS,
     METRIC_KEYS,

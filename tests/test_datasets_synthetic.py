@@ -1,5 +1,5 @@
-"""Tests for the data set catalogue (pgd_core.datasets) and the synthetic
-shapes generator (pgd_core.synthetic). Neither needs torch."""
+"""Tests for the data set catalogue (pgd_core.data.manifest) and the synthetic
+shapes generator (pgd_core.data.synthetic_shapes). Neither needs torch."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pgd_core.datasets import (
+from pgd_core.data.manifest import (
     MANIFEST_NAME,
     DatasetError,
     DatasetInfo,
@@ -23,7 +23,7 @@ from pgd_core.datasets import (
     validate_dataset_name,
     write_manifest,
 )
-from pgd_core.synthetic import MAX_CLASSES, SHAPES, make_coco_shapes
+from pgd_core.data.synthetic_shapes import MAX_CLASSES, SHAPES, make_coco_shapes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Small images keep the generator cheap; 40 images give every statistic below
@@ -216,7 +216,7 @@ def test_overwrite_refuses_a_file(tmp_path: Path) -> None:
 
 
 def test_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pgd_core.synthetic as synthetic
+    import pgd_core.data.synthetic_shapes as synthetic
 
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")
@@ -403,7 +403,7 @@ def test_dataset_error_is_value_error() -> None:
 
 def test_import_does_not_pull_in_torch() -> None:
     code = (
-        "import sys; import pgd_core.datasets, pgd_core.synthetic; "
+        "import sys; import pgd_core.data.manifest, pgd_core.data.synthetic_shapes; "
         "assert 'torch' not in sys.modules"
     )
     result = subprocess.run(

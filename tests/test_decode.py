@@ -7,8 +7,8 @@ from helpers import synthetic_batch, tiny_spec
 from mmdet.registry import MODELS
 from mmengine.config import ConfigDict
 
-from pgd_core.config import model_cfg
-from pgd_core.decode import decode_dense
+from pgd_core.configs.runner import model_cfg
+from pgd_core.distill.decode import decode_dense
 
 
 def _plain_teacher(detector: str):
@@ -61,7 +61,7 @@ def test_per_location_and_split_locations_restore_grids() -> None:
 
 
 def test_per_location_takes_the_max_over_anchors() -> None:
-    from pgd_core.decode import DensePredictions
+    from pgd_core.distill.decode import DensePredictions
 
     # Two levels of 2x1 and 1x1 locations, two anchors each: 6 priors, 3 locations.
     shapes = [(2, 1, 2), (1, 1, 2)]

@@ -11,9 +11,9 @@ from mmdet.registry import MODELS
 from mmengine.config import ConfigDict
 from mmengine.optim import OptimWrapper
 
-from pgd_core.config import model_cfg
-from pgd_core.distiller import PairingError
-from pgd_core.losses import pgd_cls_loss, pgd_reg_loss
+from pgd_core.configs.runner import model_cfg
+from pgd_core.distill.distiller import PairingError
+from pgd_core.distill.losses import pgd_cls_loss, pgd_reg_loss
 from pgd_core.spec import RunSpec
 
 ITERATIONS = 3
@@ -191,7 +191,7 @@ def test_fgd_box_maps_are_inside_boxes() -> None:
         cls_scores, bbox_preds = model.teacher.bbox_head(
             model.teacher.extract_feat(batch["inputs"])
         )[:2]
-    from pgd_core.decode import decode_dense
+    from pgd_core.distill.decode import decode_dense
 
     preds = decode_dense(model.teacher.bbox_head, cls_scores, bbox_preds, [(160, 160)])
     maps = model.region_maps(preds, batch["data_samples"])
@@ -257,7 +257,7 @@ def test_kd_losses_are_the_per_level_formulas(detector: str) -> None:
         cls_scores, bbox_preds = model.teacher.bbox_head(
             model.teacher.extract_feat(batch["inputs"])
         )[:2]
-        from pgd_core.decode import decode_dense
+        from pgd_core.distill.decode import decode_dense
 
         preds = decode_dense(model.teacher.bbox_head, cls_scores, bbox_preds, [(160, 160)] * 3)
         maps = model.region_maps(preds, batch["data_samples"])
@@ -294,8 +294,8 @@ def test_kd_losses_are_the_per_level_formulas(detector: str) -> None:
 
 def test_region_maps_match_single_image_functions() -> None:
     """Batched maps (GTs padded to the batch's largest count) equal the per-image API."""
-    from pgd_core.decode import decode_dense
-    from pgd_core.regions import background_mask, prediction_guided_weights
+    from pgd_core.distill.decode import decode_dense
+    from pgd_core.distill.regions import background_mask, prediction_guided_weights
 
     model = build_distiller("atss")
     batch = model.data_preprocessor(synthetic_batch(num_images=3, gts_per_image=(0, 2, 7)), True)

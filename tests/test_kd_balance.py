@@ -1,4 +1,4 @@
-"""pgd_core.balance: the KD-vs-detection gradient ratio, against gradients taken by hand."""
+"""pgd_core.distill.balance: the KD-vs-detection gradient ratio, against gradients taken by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pgd_core.balance import gradient_balance
+from pgd_core.distill.balance import gradient_balance
 
 
 class _Toy(nn.Module):

@@ -1,5 +1,5 @@
 """pgd_core is a pure ML library: it imports without the service stack, and its light
-modules (spec, presets, datasets) import without torch."""
+modules (spec, presets, data, configs, evaluation's protocols) import without torch."""
 
 from __future__ import annotations
 
@@ -48,11 +48,14 @@ def test_blocker_really_blocks() -> None:
 @pytest.mark.parametrize(
     "module",
     [
-        "pgd_core.regions",
-        "pgd_core.losses",
+        "pgd_core.distill.regions",
+        "pgd_core.distill.losses",
+        "pgd_core.distill.decode",
+        "pgd_core.distill.balance",
         "pgd_core.spec",
         "pgd_core.presets",
-        "pgd_core.distiller",
+        "pgd_core.distill.distiller",
+        "pgd_core.evaluation.evaluators",
         "pgd_core.runner",
         "pgd_core.cli",
     ],
@@ -67,9 +70,15 @@ def test_imports_without_service_stack(module: str) -> None:
     [
         "pgd_core.spec",
         "pgd_core.presets",
-        "pgd_core.datasets",
-        "pgd_core.models",
-        "pgd_core.config",
+        "pgd_core.data.manifest",
+        "pgd_core.data.coco",
+        "pgd_core.data.odgt",
+        "pgd_core.data.validation",
+        "pgd_core.data.synthetic_shapes",
+        "pgd_core.data.synthetic_crowd",
+        "pgd_core.configs.model",
+        "pgd_core.configs.runner",
+        "pgd_core.evaluation",
     ],
 )
 def test_light_modules_import_without_torch(module: str) -> None:

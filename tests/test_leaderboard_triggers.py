@@ -11,7 +11,6 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import Table
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.selectable import Alias

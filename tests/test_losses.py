@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from pgd_core.losses import channel_attention, pgd_cls_loss, pgd_reg_loss, spatial_attention
+from pgd_core.distill.losses import channel_attention, pgd_cls_loss, pgd_reg_loss, spatial_attention
 
 DT = torch.float64
 # Temperature 1/ln 3 turns |F| = 1 vs |F| = 0 into softmax weights 3/4 vs 1/4,
@@ -382,7 +382,7 @@ def test_cls_loss_rejects_a_bad_background_map():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_multilevel_equals_sum_of_per_level_losses(seed: int) -> None:
-    from pgd_core.losses import pgd_multilevel_losses
+    from pgd_core.distill.losses import pgd_multilevel_losses
 
     gen = torch.Generator().manual_seed(seed)
     n, c = 3, 6

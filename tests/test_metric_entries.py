@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pgd_core.metrics import PGDCocoMetric, PGDCrowdHumanMetric
+from pgd_core.evaluation.evaluators import PGDCocoMetric, PGDCrowdHumanMetric
 
 CLASSES = ("rectangle", "ellipse")
 CATEGORY_IDS = (4, 9)  # not 0..C-1, so a label/id mix-up cannot pass

@@ -19,7 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from pgd_core.regions import background_mask, inside_mask, pairwise_iou, prediction_guided_weights
+from pgd_core.distill.regions import (
+    background_mask,
+    inside_mask,
+    pairwise_iou,
+    prediction_guided_weights,
+)
 
 RIDGE = 1e-3  # the doc's deterministic covariance ridge
 EPS = 1e-10  # the doc's strict-inside margin

@@ -28,7 +28,7 @@ from oracle import (
 )
 from trained_models import Run, ServiceRuns
 
-from pgd_core.datasets import DatasetInfo
+from pgd_core.data.manifest import DatasetInfo
 from pgd_core.evaluation.png import read_plot_text
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")

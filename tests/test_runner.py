@@ -8,10 +8,10 @@ import pytest
 import torch
 from mmdet.registry import MODELS
 
-from pgd_core.config import model_cfg
+from pgd_core.configs.runner import model_cfg
+from pgd_core.data.synthetic_shapes import make_coco_shapes
 from pgd_core.presets import get_preset
 from pgd_core.runner import RunCallbacks, TrainingDiverged, last_checkpoint, run_spec
-from pgd_core.synthetic import make_coco_shapes
 
 ITERS = 6
 COCO_KEYS = {"AP", "AP50", "AP75", "APs", "APm", "APl"}
@@ -151,7 +151,7 @@ def test_missing_inputs_are_named(data_root: Path, tmp_path: Path) -> None:
 
 
 def test_crowdhuman_run_reports_mr_ap_ji(tmp_path: Path) -> None:
-    from pgd_core.crowdhuman import make_crowdhuman_like
+    from pgd_core.data.synthetic_crowd import make_crowdhuman_like
 
     make_crowdhuman_like(tmp_path / "data", "crowd", num_train=4, num_val=2, seed=3)
     spec = _tiny("tiny-atss-student", max_iters=2, checkpoint_interval=2)
@@ -167,7 +167,7 @@ def test_bad_annotation_is_refused_before_training(data_root: Path, tmp_path: Pa
     import json
     import shutil
 
-    from pgd_core.datasets import DatasetError
+    from pgd_core.data.manifest import DatasetError
 
     root = tmp_path / "data"
     shutil.copytree(data_root / "shapes", root / "shapes")

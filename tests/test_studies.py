@@ -16,8 +16,8 @@ from db_helpers import bearer, migrated_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from pgd_core.data.synthetic_shapes import make_coco_shapes
 from pgd_core.presets import get_preset
-from pgd_core.synthetic import make_coco_shapes
 from pgd_service import maintenance
 from pgd_service.db.models import Job, Study
 from pgd_service.lifecycle import settle_students

@@ -26,7 +26,7 @@ from worker_helpers import PrivateRedis, Stack, distinct_steps_ok, free_port, st
 
 from api.embedded import home_env, settings_env, wait_ready
 from api.main import create_app
-from pgd_core.synthetic import make_coco_shapes
+from pgd_core.data.synthetic_shapes import make_coco_shapes
 from pgd_service.db.models import Job
 from pgd_service.db.types import utcnow
 

@@ -216,7 +216,7 @@ def test_missing_teacher_checkpoint_fails_with_missing_file(s: Stack):
 def test_failure_reasons():
     import torch
 
-    from pgd_core.datasets import DatasetError
+    from pgd_core.data.manifest import DatasetError
     from pgd_core.runner import TrainingDiverged
     from worker.execution import JobInputError, _failure
 

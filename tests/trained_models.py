@@ -24,7 +24,7 @@ from db_helpers import bearer
 from fastapi.testclient import TestClient
 from worker_helpers import Stack, stack
 
-from pgd_core.datasets import DatasetInfo, load_dataset_info
+from pgd_core.data.manifest import DatasetInfo, load_dataset_info
 from pgd_core.presets import get_preset
 from pgd_core.spec import RunSpec
 
@@ -62,8 +62,8 @@ class Run:
 @pytest.fixture(scope="session")
 def oracle_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A COCO-format shapes set (3 classes) and a CrowdHuman-format crowd set."""
-    from pgd_core.crowdhuman import make_crowdhuman_like
-    from pgd_core.synthetic import make_coco_shapes
+    from pgd_core.data.synthetic_crowd import make_crowdhuman_like
+    from pgd_core.data.synthetic_shapes import make_coco_shapes
 
     root = tmp_path_factory.mktemp("oracle-data")
     make_coco_shapes(root, SHAPES, num_train=160, num_val=40, num_classes=3, seed=5)

@@ -21,9 +21,9 @@ from alembic import command
 from db_helpers import alembic_config, database_url_for
 
 from api.embedded import start_worker, stop_worker
+from pgd_core.data.synthetic_shapes import make_coco_shapes
 from pgd_core.presets import get_preset
 from pgd_core.spec import RunSpec
-from pgd_core.synthetic import make_coco_shapes
 from pgd_service.db.models import Artifact, EvalResult, Job, MetricPoint
 from pgd_service.db.session import make_engine, make_session_factory
 from pgd_service.maintenance import MaintenanceReport, maintain

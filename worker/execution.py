@@ -135,8 +135,8 @@ def _artifacts(result: Any, work_dir: Path) -> list[tuple[str, str, Path]]:
 def _failure(exc: BaseException) -> Outcome:
     import torch
 
-    from pgd_core.datasets import DatasetError
-    from pgd_core.distiller import PairingError
+    from pgd_core.data.manifest import DatasetError
+    from pgd_core.distill.distiller import PairingError
     from pgd_core.runner import TrainingDiverged
 
     reason = "error"

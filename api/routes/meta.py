@@ -11,7 +11,7 @@ from api.deps import get_app_settings, get_engine
 from api.problems import problem
 from api.schemas.catalogue import DatasetRead, PresetRead
 from api.services import health
-from pgd_core.datasets import list_datasets
+from pgd_core.data.manifest import list_datasets
 from pgd_core.presets import PRESETS, list_presets
 from pgd_service.settings import Settings
 

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, bindparam, select, true
 from sqlalchemy.orm import Session
 
 from api.auth import Caller
-from pgd_core.datasets import MANIFEST_NAME, DatasetError, DatasetInfo, load_dataset_info
+from pgd_core.data.manifest import MANIFEST_NAME, DatasetError, DatasetInfo, load_dataset_info
 from pgd_core.spec import ModelSpec, RunSpec
 from pgd_service import lifecycle
 from pgd_service.db.models import Job

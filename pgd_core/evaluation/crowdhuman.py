@@ -42,7 +42,7 @@ Deliberate differences from mmdet: no 1e-6 in the JI denominator (perfect
 detections give exactly 100); no detections at all give MR^-2 = 100 (mmdet:
 NaN); images without any box are allowed (mmdet crashes on them).
 
-Only numpy (and the reader of pgd_core.crowdhuman) is needed; matplotlib is
+Only numpy (and the reader of pgd_core.data.odgt) is needed; matplotlib is
 imported lazily, for the plot. No torch, mmdet or scipy.
 """
 
@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from pgd_core.crowdhuman import OdgtRecord, read_odgt
+from pgd_core.data.odgt import OdgtRecord, read_odgt
 from pgd_core.evaluation.coco import EvaluationError
 from pgd_core.evaluation.png import save_png_atomic
 
@@ -150,12 +150,13 @@ def _check_detection(
     if isinstance(category, bool) or category != 1:
         raise DetectionError(f"{where}: category_id must be 1 (person), got {category!r}")
     box = det["bbox"]
-    values = (
+    numbers = (
         [_finite_number(v) for v in box]
         if isinstance(box, (list, tuple, np.ndarray)) and len(box) == 4
         else [None]
     )
-    if any(v is None for v in values):
+    values = [v for v in numbers if v is not None]
+    if len(values) != 4:
         raise DetectionError(
             f"{where}: bbox must be [x, y, w, h] with 4 finite numbers, got {box!r}"
         )

@@ -15,7 +15,8 @@ from typing import Any
 
 def plot_text(fig: Any) -> dict[str, str]:
     """The title and the legend entries of ``fig``'s axes, one per line."""
-    titles, labels = [], []
+    titles: list[str] = []
+    labels: list[str] = []
     for ax in fig.axes:
         if ax.get_title():
             titles.append(ax.get_title())
@@ -27,10 +28,12 @@ def plot_text(fig: Any) -> dict[str, str]:
 
 def read_plot_text(path: str | os.PathLike[str]) -> dict[str, str]:
     """The text chunks :func:`save_png_atomic` wrote (``Title``, ``Description``)."""
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     with Image.open(path) as image:
-        return dict(image.text)
+        if not isinstance(image, PngImagePlugin.PngImageFile):
+            raise ValueError(f"{path}: not a PNG but {image.format}")
+        return {key: str(value) for key, value in image.text.items()}
 
 
 def save_png_atomic(fig: Any, target: Path) -> None:

@@ -8,10 +8,16 @@ ATSS / DDOD deltas on anchors, GFL the integral of the distribution times stride
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from mmdet.models.dense_heads import ATSSHead, DDODHead, FCOSHead, GFLHead
-from torch import Tensor, nn
+from torch import Tensor
+
+#: An mmdet detector or dense head. mmdet carries no type information, so their
+#: own attributes (``bbox_head``, ``prior_generator``, ``cls_convs``, ...) are Any
+#: here, not the ``Tensor | Module`` of ``nn.Module.__getattr__``.
+MMDetModule = Any
 
 
 @dataclass
@@ -62,7 +68,7 @@ def _distance_boxes(centers: Tensor, dist: Tensor) -> Tensor:
 
 
 def decode_dense(
-    head: nn.Module,
+    head: MMDetModule,
     cls_scores: list[Tensor],
     bbox_preds: list[Tensor],
     img_shapes: list[tuple[int, int]],

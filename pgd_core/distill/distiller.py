@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,53 +20,16 @@ from mmengine.runner.checkpoint import load_checkpoint
 from torch import Tensor, nn
 
 import pgd_core.compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
-from pgd_core.decode import DensePredictions, decode_dense
-from pgd_core.losses import pgd_multilevel_losses
-from pgd_core.regions import batched_background_mask, batched_prediction_guided_weights
-from pgd_core.spec import KD_METHODS
+from pgd_core.distill.decode import DensePredictions, MMDetModule, decode_dense
+from pgd_core.distill.losses import pgd_multilevel_losses
+from pgd_core.distill.regions import batched_background_mask, batched_prediction_guided_weights
+from pgd_core.spec import DistillSettings
 
 log = logging.getLogger("pgd.distiller")
-
-#: Methods the distiller runs with a teacher: the KD losses, and ``inherit``
-#: (the teacher's neck and head as the student's start, no KD loss).
-TEACHER_METHODS = (*KD_METHODS, "inherit")
 
 
 class PairingError(ValueError):
     """Teacher and student cannot be distilled into one another."""
-
-
-@dataclass(frozen=True)
-class DistillSettings:
-    """Keyword-only PGD settings (see DistillSpec for their meaning)."""
-
-    method: str = "pgd"
-    temp: float = 0.8
-    alpha: float = 0.04
-    beta: float = 0.02
-    gamma: float = 0.064
-    delta: float = 8e-4
-    level_weights: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0)
-    topk: int = 30
-    cls_quality_alpha: float = 0.8
-    reg_quality_alpha: float = 0.6
-    low_bound: float = 0.0
-    tower_layer: int = 0
-    init_student: bool = True
-    adapter: bool = False
-
-    def __post_init__(self) -> None:
-        if self.method not in TEACHER_METHODS:
-            raise ValueError(
-                f"distill method '{self.method}' is not one of {TEACHER_METHODS} "
-                "(use no teacher for 'none')"
-            )
-        if self.method == "inherit" and not self.init_student:
-            raise ValueError("distill method 'inherit' needs init_student=True")
-
-    @property
-    def with_kd_loss(self) -> bool:
-        return self.method in KD_METHODS
 
 
 class TowerRecorder:
@@ -76,7 +38,7 @@ class TowerRecorder:
     The head is shared across levels, so each hook fires once per level, P3 first.
     """
 
-    def __init__(self, head: nn.Module, layer: int) -> None:
+    def __init__(self, head: MMDetModule, layer: int) -> None:
         self.cls: list[Tensor] = []
         self.reg: list[Tensor] = []
         self._active = False
@@ -110,7 +72,7 @@ class PGDDistiller(SingleStageDetector):
             the student, as for any mmdet SingleStageDetector.
         teacher: the teacher's detector config, or None to train the student alone.
         teacher_checkpoint: file loaded into the teacher by ``init_weights``.
-        distill: keyword arguments of :class:`DistillSettings`.
+        distill: keyword arguments of :class:`pgd_core.spec.DistillSettings`.
     """
 
     def __init__(
@@ -161,7 +123,7 @@ class PGDDistiller(SingleStageDetector):
         self._teacher_towers = TowerRecorder(built.bbox_head, layer)
 
     # -- construction -----------------------------------------------------------------
-    def _check_pairing(self, teacher: nn.Module) -> None:
+    def _check_pairing(self, teacher: MMDetModule) -> None:
         s_head, t_head = self.bbox_head, teacher.bbox_head
         checks = [
             ("detector family", type(s_head).__name__, type(t_head).__name__),
@@ -196,7 +158,7 @@ class PGDDistiller(SingleStageDetector):
             _check_same_shapes("bbox_head", self.bbox_head, teacher.bbox_head)
             _check_same_shapes("neck", self.neck, teacher.neck, allow_other_shapes=True)
 
-    def _build_adapters(self, teacher: nn.Module) -> nn.ModuleDict | None:
+    def _build_adapters(self, teacher: MMDetModule) -> nn.ModuleDict | None:
         s_ch, t_ch = self.bbox_head.feat_channels, teacher.bbox_head.feat_channels
         if not self.settings.adapter:
             return None
@@ -304,8 +266,8 @@ class PGDDistiller(SingleStageDetector):
             maps["reg"].to(dtype),
             temp=s.temp,
             alpha=s.alpha,
-            beta=s.beta,
-            gamma=s.gamma,
+            beta=s.resolved_beta,
+            gamma=s.resolved_gamma,
             delta=s.delta,
             level_weights=s.level_weights,
             with_reg=s.method != "pgd_cls_only",
@@ -334,7 +296,7 @@ def _padded_gts(samples: list, device: torch.device) -> tuple[Tensor, Tensor, Te
     return out_boxes, labels, valid
 
 
-def _strides(head: nn.Module) -> list[int]:
+def _strides(head: MMDetModule) -> list[int]:
     return [
         int(s[0]) if isinstance(s, (tuple, list)) else int(s) for s in head.prior_generator.strides
     ]

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgd_core.datasets import DatasetError, read_json_file
+from pgd_core.data.manifest import DatasetError, read_json_file
 
 __all__ = ["CocoSummary", "validate_coco"]
 

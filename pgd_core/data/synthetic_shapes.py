@@ -28,7 +28,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pgd_core.datasets import DatasetInfo, load_dataset_info, validate_dataset_name, write_manifest
+from pgd_core.data.manifest import (
+    DatasetInfo,
+    load_dataset_info,
+    validate_dataset_name,
+    write_manifest,
+)
 
 #: Shape (= class name) and the hue (0-1) of its colour family, in class order.
 SHAPES: tuple[tuple[str, float], ...] = (
@@ -288,7 +293,8 @@ def _write_split(
 ) -> None:
     img_dir = root / "images" / split
     img_dir.mkdir(parents=True)
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for index in range(num_images):
         rng = np.random.default_rng([seed, split_index, index])
         pixels, objects = _render_image(rng, width, height, len(classes), max_objects, min_size)
@@ -355,7 +361,7 @@ def make_coco_shapes(
 
     Args:
         data_root: Folder holding the named data sets (created if missing).
-        name: Data set name (see :func:`pgd_core.datasets.validate_dataset_name`).
+        name: Data set name (see :func:`pgd_core.data.manifest.validate_dataset_name`).
         num_train, num_val: Number of images per split (>= 1).
         image_size: (width, height) in pixels, each in [16, 4096].
         num_classes: 1..8; classes are ``SHAPES[:num_classes]``.

@@ -42,7 +42,7 @@ _CROWDHUMAN_CLASSES = ("person",)
 _REQUIRED_KEYS = ("format", "classes", "splits")
 _SPLIT_KEYS = ("ann_file", "img_dir")
 # Leading dot excluded: hidden folders are reserved for temporary folders of
-# generators (see synthetic.py) and "." / ".." would escape the data root.
+# generators (see synthetic_shapes.py) and "." / ".." would escape the data root.
 _NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 _MAX_NAME_LEN = 128
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pgd_core.datasets import DatasetInfo
-from pgd_core.models import detector_cfg
-from pgd_core.spec import RunSpec
+from pgd_core.configs.model import detector_cfg
+from pgd_core.data.manifest import DatasetInfo
+from pgd_core.spec import DistillSettings, RunSpec
 
 _DATASET_TYPES = {"coco": "CocoDataset", "crowdhuman": "CrowdHumanDataset"}
 PLOT_DIR = "plots"
@@ -36,22 +36,8 @@ def model_cfg(
         cfg["teacher"] = detector_cfg(spec.detector, spec.teacher, num_classes)
         cfg["teacher"].pop("data_preprocessor")
         cfg["teacher_checkpoint"] = teacher_checkpoint
-        cfg["distill"] = dict(
-            method=spec.method,
-            temp=d.temp,
-            alpha=d.alpha,
-            beta=d.resolved_beta,
-            gamma=d.resolved_gamma,
-            delta=d.delta,
-            level_weights=tuple(d.level_weights),
-            topk=d.topk,
-            cls_quality_alpha=d.cls_quality_alpha,
-            reg_quality_alpha=d.reg_quality_alpha,
-            low_bound=d.low_bound,
-            tower_layer=d.tower_layer,
-            init_student=d.init_student,
-            adapter=d.adapter,
-        )
+        # Plain values: the distiller reads them back into DistillSettings.
+        cfg["distill"] = DistillSettings.for_run(spec.method, d).model_dump()
     return cfg
 
 
@@ -98,7 +84,7 @@ def _dataset(info: DatasetInfo, split: str, spec: RunSpec, train: bool) -> dict[
 
 
 def _evaluator(info: DatasetInfo, split: str, work_dir: Path) -> dict[str, Any]:
-    """pgd_core's evaluators (pgd_core.metrics); curves go to ``<work_dir>/plots``."""
+    """pgd_core's evaluators (pgd_core.evaluation.evaluators); curves go to ``<work_dir>/plots``."""
     kind = "PGDCrowdHumanMetric" if info.format == "crowdhuman" else "PGDCocoMetric"
     return dict(
         type=kind, ann_file=str(info.split(split).ann_file), plot_dir=str(Path(work_dir) / PLOT_DIR)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pgd_core.coco_format import validate_coco
-from pgd_core.crowdhuman import read_odgt, summarize_odgt
-from pgd_core.datasets import DatasetError, DatasetInfo
+from pgd_core.data.coco import validate_coco
+from pgd_core.data.manifest import DatasetError, DatasetInfo
+from pgd_core.data.odgt import read_odgt, summarize_odgt
 
 
 def validate_split(info: DatasetInfo, split: str) -> str:

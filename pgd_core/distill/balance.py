@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 
 @dataclass(frozen=True)
@@ -54,9 +53,12 @@ def _total(value: Any) -> Any:
     return value.mean()
 
 
-def gradient_balance(model: nn.Module, batches: Iterable[Any], alpha: float) -> GradientBalance:
+def gradient_balance(model: Any, batches: Iterable[Any], alpha: float) -> GradientBalance:
     """Detection vs KD gradients of a PGD distiller (``model``, in train mode, with its
-    teacher loaded) on mmengine data batches; ``alpha`` is the model's own alpha."""
+    teacher loaded) on mmengine data batches; ``alpha`` is the model's own alpha.
+
+    ``model`` is Any: mmdet's detectors are untyped (their ``data_preprocessor`` and
+    ``loss`` are not ``nn.Module``'s)."""
     params = [p for p in model.parameters() if p.requires_grad]
     det_sq = kd_sq = dot = 0.0
     for batch in batches:
