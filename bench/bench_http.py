@@ -153,7 +153,10 @@ def wrk(
     headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """One wrk run: requests/s, p50 and p99 in ms, errors (non-2xx and socket errors)."""
+    # A request slower than wrk's default 2 s timeout would count as a socket error
+    # and vanish from the latency distribution: wait up to 30 s instead.
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    command += ["--timeout", "30s"]
     for name, value in (headers or {}).items():
         command += ["-H", f"{name}: {value}"]
     if script is not None:
@@ -166,8 +169,9 @@ def wrk(
         errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50": _ms(latency["50"]),
-        "p99": _ms(latency["99"]),
+        # wrk prints no distribution when no request completed.
+        "p50": _ms(latency["50"]) if "50" in latency else float("nan"),
+        "p99": _ms(latency["99"]) if "99" in latency else float("nan"),
         "requests": float(re.search(r"(\d+) requests in", out).group(1)),
         "errors": float(errors),
     }
