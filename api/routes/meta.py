@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from api.auth import current_token
+from api.auth import Caller, current_token
 from api.deps import get_app_settings, get_engine
 from api.problems import problem
 from api.schemas.catalogue import DatasetRead, PresetRead
@@ -40,6 +40,12 @@ async def readyz(
             checks=checks,
         )
     return {"status": "ok"}
+
+
+@public.get("/me", response_model=dict[str, str | bool])
+def me(token: Caller = Depends(current_token)) -> dict[str, str | bool]:
+    """Who the token belongs to (the dashboard's sign-in checks a token with it)."""
+    return {"owner": token.owner, "is_admin": token.is_admin}
 
 
 @router.get("/presets")

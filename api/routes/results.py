@@ -95,6 +95,8 @@ class ResultQuery(BaseModel):
     method: str | None = None
     kind: str | None = None
     study: str | None = Field(None, max_length=36, description="only the jobs of this study")
+    sweep: str | None = Field(None, max_length=36, description="only the jobs of this sweep")
+    job: str | None = Field(None, max_length=36, description="only this job's result")
     group_by: Literal["config"] | None = Field(
         None,
         description="config: one row per configuration, its seeds summarised "
@@ -128,6 +130,8 @@ class ResultQuery(BaseModel):
             method=self.method,
             kind=self.kind,
             study=self.study,
+            sweep=self.sweep,
+            job=self.job,
         )
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from api.auth import Caller, current_token
 from api.deps import get_app_settings, get_db
 from api.problems import problem
-from api.schemas.studies import StudyCreate, StudyCreated, StudyRead
+from api.schemas.studies import StudyCreate, StudyCreated, StudyPage, StudyRead, StudySummary
 from api.services import studies as service
 from api.services.jobs import SpecRejected
 from pgd_service.lifecycle import TERMINAL
@@ -58,6 +58,36 @@ def _found(study_id: str, token: Caller, db_session: Session):  # noqa: ANN202
     if study is None:
         raise HTTPException(404, f"study {study_id} not found")
     return study
+
+
+@router.get("", response_model=StudyPage)
+def list_studies(
+    limit: int = Query(20, ge=1, le=100),
+    offset: int = Query(0, ge=0),
+    token: Caller = Depends(current_token),
+    db_session: Session = Depends(get_db),
+) -> StudyPage:
+    """The caller's studies, newest first, with their progress."""
+    studies = service.list_page(db_session=db_session, token=token, limit=limit, offset=offset)
+    items = []
+    for study in studies[:limit]:
+        states, total, progress = service.summary(db_session=db_session, study=study)
+        items.append(
+            StudySummary(
+                id=study.id,
+                name=study.name,
+                owner=study.owner,
+                created_at=study.created_at,
+                teacher_job_id=study.teacher_job_id,
+                methods=study.request.get("methods", []),
+                seeds=study.request.get("seeds", []),
+                total=total,
+                states=states,
+                progress=progress,
+            )
+        )
+    next_offset = offset + limit if len(studies) > limit else None
+    return StudyPage(items=items, limit=limit, offset=offset, next_offset=next_offset)
 
 
 @router.get("/{study_id}", response_model=StudyRead)

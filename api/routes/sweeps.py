@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from api.auth import Caller, current_token
 from api.deps import get_app_settings, get_db
 from api.problems import field_errors, problem
-from api.schemas.sweeps import SweepCreate, SweepCreated, SweepRead
+from api.schemas.sweeps import SweepCreate, SweepCreated, SweepPage, SweepRead
 from api.services import sweeps as service
+from pgd_service.db.models import Sweep
 from pgd_service.settings import Settings
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
@@ -44,6 +45,21 @@ def create_sweep(
     return SweepCreated(id=sweep.id, jobs=[job.id for job in jobs])
 
 
+@router.get("", response_model=SweepPage)
+def list_sweeps(
+    limit: int = Query(20, ge=1, le=100),
+    offset: int = Query(0, ge=0),
+    token: Caller = Depends(current_token),
+    db_session: Session = Depends(get_db),
+) -> SweepPage:
+    """The caller's sweeps, newest first, each with its job counts per state (a sweep's
+    jobs: ``GET /jobs?sweep=<id>``)."""
+    sweeps = service.list_page(db_session=db_session, token=token, limit=limit, offset=offset)
+    items = [_read(db_session, sweep) for sweep in sweeps[:limit]]
+    next_offset = offset + limit if len(sweeps) > limit else None
+    return SweepPage(items=items, limit=limit, offset=offset, next_offset=next_offset)
+
+
 @router.get("/{sweep_id}", response_model=SweepRead)
 def get_sweep(
     sweep_id: str,
@@ -54,6 +70,10 @@ def get_sweep(
     sweep = service.get(db_session=db_session, sweep_id=sweep_id, token=token)
     if sweep is None:
         raise HTTPException(404, f"sweep {sweep_id} not found")
+    return _read(db_session, sweep)
+
+
+def _read(db_session: Session, sweep: Sweep) -> SweepRead:
     states, total, progress = service.summary(db_session=db_session, sweep=sweep)
     return SweepRead(
         id=sweep.id,

@@ -90,3 +90,27 @@ class StudyRead(BaseModel):
     table: list[StudyGroup] = Field(
         description="results grouped over seeds: the teacher, then each method in order"
     )
+
+
+class StudySummary(BaseModel):
+    """A study as listed: its request and progress (its jobs and table: GET /studies/{id})."""
+
+    id: str
+    name: str | None
+    owner: str
+    created_at: datetime
+    teacher_job_id: str | None
+    methods: list[str]
+    seeds: list[int]
+    total: int
+    states: dict[str, int] = Field(description="job count per state (every state listed)")
+    progress: float = Field(description="mean progress of the study's jobs, 0..1")
+
+
+class StudyPage(BaseModel):
+    """Studies newest first; ``next_offset`` is null on the last page."""
+
+    items: list[StudySummary]
+    limit: int
+    offset: int
+    next_offset: int | None

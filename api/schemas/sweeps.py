@@ -54,3 +54,12 @@ class SweepRead(BaseModel):
     total: int
     states: dict[str, int] = Field(description="job count per state (every state listed)")
     progress: float = Field(description="mean progress of the sweep's jobs, 0..1")
+
+
+class SweepPage(BaseModel):
+    """Sweeps newest first; ``next_offset`` is null on the last page."""
+
+    items: list[SweepRead]
+    limit: int
+    offset: int
+    next_offset: int | None

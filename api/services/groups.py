@@ -158,6 +158,10 @@ def _members(db_session: Session, filters: ResultFilters) -> list[_Member]:
         query = query.where(Job.kind == filters.kind)
     if filters.study is not None:
         query = query.where(Job.study_id == filters.study)
+    if filters.sweep is not None:
+        query = query.where(Job.sweep_id == filters.sweep)
+    if filters.job is not None:
+        query = query.where(Job.id == filters.job)
     # Newest first: past the cap, the oldest results are the ones left out.
     query = query.order_by(EvalResult.id.desc()).limit(GROUP_CAP)
     return [_member(r) for r in db_session.execute(query)]

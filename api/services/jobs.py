@@ -246,11 +246,28 @@ def _model_mismatch(stored: Any, expected: ModelSpec) -> str | None:
 
 @dataclass(frozen=True)
 class JobFilters:
+    """``GET /jobs`` filters; each one given must match exactly (``sweep`` and ``study``
+    are ids)."""
+
     state: str | None = None
     kind: str | None = None
     detector: str | None = None
     dataset: str | None = None
     method: str | None = None
+    sweep: str | None = None
+    study: str | None = None
+
+
+#: JobFilters field -> the Job column it compares.
+_FILTER_COLUMNS = {
+    "state": Job.state,
+    "kind": Job.kind,
+    "detector": Job.detector,
+    "dataset": Job.dataset,
+    "method": Job.method,
+    "sweep": Job.sweep_id,
+    "study": Job.study_id,
+}
 
 
 def _visible(token: Caller) -> ColumnElement[bool]:
@@ -380,10 +397,10 @@ def list_page(
 ) -> tuple[list[Job], str | None]:
     """Jobs newest first, keyset-paginated on seq: later inserts never shift a walk."""
     query = select(Job).where(_visible(token))
-    for name in ("state", "kind", "detector", "dataset", "method"):
+    for name, column in _FILTER_COLUMNS.items():
         value = getattr(filters, name)
         if value is not None:
-            query = query.where(getattr(Job, name) == value)
+            query = query.where(column == value)
     if cursor is not None:
         query = query.where(Job.seq < decode_cursor(cursor))
     rows = list(db_session.scalars(query.order_by(Job.seq.desc()).limit(limit + 1)))

@@ -99,7 +99,7 @@ TRIGGER_JOB_COLUMNS: tuple[str, ...] = (
     "finished_at",
 )
 #: ``jobs`` columns the page reads that no UPDATE ever changes (set at creation).
-IMMUTABLE_JOB_COLUMNS: tuple[str, ...] = ("id", "seq", "study_id")
+IMMUTABLE_JOB_COLUMNS: tuple[str, ...] = ("id", "seq", "study_id", "sweep_id")
 
 
 class InvalidSort(ValueError):
@@ -113,11 +113,15 @@ class ResultFilters:
     method: str | None = None
     kind: str | None = None
     study: str | None = None
+    sweep: str | None = None
+    job: str | None = None
 
 
-_FILTERS: tuple[str, ...] = ("dataset", "detector", "method", "kind", "study")
+_FILTERS: tuple[str, ...] = ("dataset", "detector", "method", "kind", "study", "sweep", "job")
 #: Filters on the job's columns rather than the result's.
-_JOB_FILTERS: dict[str, str] = {"kind": "kind", "study": "study_id"}
+_JOB_FILTERS: dict[str, str] = {"kind": "kind", "study": "study_id", "sweep": "sweep_id"}
+#: Filters on a result column of another name.
+_RESULT_FILTERS: dict[str, str] = {"job": "job_id"}
 
 
 def parse_sort(sort: str) -> tuple[str, bool]:
@@ -137,7 +141,10 @@ def _branch(filtered: tuple[str, ...], key: str, descending: bool, only_if: Any 
     if any(name in _JOB_FILTERS for name in filtered):
         query = query.join(Job, Job.id == EvalResult.job_id)
     for name in filtered:
-        model, field = (Job, _JOB_FILTERS[name]) if name in _JOB_FILTERS else (EvalResult, name)
+        if name in _JOB_FILTERS:
+            model, field = Job, _JOB_FILTERS[name]
+        else:
+            model, field = EvalResult, _RESULT_FILTERS.get(name, name)
         query = query.where(getattr(model, field) == bindparam(name))
     # id keeps the order total, so offset pages never overlap.
     tie = EvalResult.id.desc() if descending else EvalResult.id.asc()

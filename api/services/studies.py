@@ -212,6 +212,16 @@ def get(*, db_session: Session, study_id: str, token: Caller) -> Study | None:
     return db_session.scalar(query)
 
 
+def list_page(*, db_session: Session, token: Caller, limit: int, offset: int) -> list[Study]:
+    """The caller's studies (every study for an admin), newest first; one more than
+    ``limit`` when there is a next page."""
+    query = select(Study)
+    if not token.is_admin:
+        query = query.where(Study.owner == token.owner)
+    order = (Study.created_at.desc(), Study.id.desc())
+    return list(db_session.scalars(query.order_by(*order).offset(offset).limit(limit + 1)))
+
+
 def summary(*, db_session: Session, study: Study) -> tuple[dict[str, int], int, float]:
     """(jobs per state with every state present, total, mean progress) in one query."""
     return group_summary(db_session, Job.study_id == study.id)

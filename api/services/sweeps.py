@@ -111,6 +111,16 @@ def get(*, db_session: Session, sweep_id: str, token: Caller) -> Sweep | None:
     return db_session.scalar(query)
 
 
+def list_page(*, db_session: Session, token: Caller, limit: int, offset: int) -> list[Sweep]:
+    """The caller's sweeps (every sweep for an admin), newest first; one more than
+    ``limit`` when there is a next page."""
+    query = select(Sweep)
+    if not token.is_admin:
+        query = query.where(Sweep.owner == token.owner)
+    order = (Sweep.created_at.desc(), Sweep.id.desc())
+    return list(db_session.scalars(query.order_by(*order).offset(offset).limit(limit + 1)))
+
+
 def summary(*, db_session: Session, sweep: Sweep) -> tuple[dict[str, int], int, float]:
     """(jobs per state with every state present, total, mean progress) in one query."""
     return group_summary(db_session, Job.sweep_id == sweep.id)

@@ -1,0 +1,97 @@
+// The dashboard's shell: sign-in gate, navigation and a hash router
+// ("#/jobs", "#/jobs/<id>", "#/results", ...). Each page module exports
+// render(main, params, query) and may return a function that stops its timers.
+
+import { signOut, token, who } from "./api.js";
+import { fill, h } from "./dom.js";
+
+const ROUTES = [
+  [/^\/signin$/, "signin", () => import("./pages/signin.js")],
+  [/^\/jobs$/, "jobs", () => import("./pages/jobs.js")],
+  [/^\/jobs\/([\w-]+)$/, "jobs", () => import("./pages/job.js")],
+  [/^\/results$/, "results", () => import("./pages/results.js")],
+  [/^\/compare$/, "compare", () => import("./pages/compare.js")],
+  [/^\/sweeps$/, "sweeps", () => import("./pages/sweeps.js")],
+  [/^\/sweeps\/([\w-]+)$/, "sweeps", () => import("./pages/sweep.js")],
+  [/^\/studies\/([\w-]+)$/, "sweeps", () => import("./pages/study.js")],
+  [/^\/submit$/, "submit", () => import("./pages/submit.js")],
+];
+
+const main = document.getElementById("main");
+const banner = document.getElementById("banner");
+let stopPage = null;
+let generation = 0;
+
+/** Show a message above the page (null hides it). */
+export function notice(message, kind = "info") {
+  banner.hidden = !message;
+  banner.className = `banner banner-${kind}`;
+  banner.textContent = message || "";
+}
+
+function parse() {
+  const raw = location.hash.replace(/^#/, "") || "/jobs";
+  const [path, qs = ""] = raw.split("?");
+  return { path, query: new URLSearchParams(qs) };
+}
+
+function chrome(section) {
+  const me = who();
+  const signedIn = Boolean(token() && me);
+  document.getElementById("nav").hidden = !signedIn;
+  document.getElementById("who").hidden = !signedIn;
+  if (signedIn) {
+    document.getElementById("who-name").textContent = me.is_admin ? `${me.owner} (admin)` : me.owner;
+  }
+  for (const a of document.querySelectorAll("[data-nav]")) {
+    a.classList.toggle("active", a.dataset.nav === section);
+  }
+}
+
+async function route() {
+  const mine = ++generation;
+  if (stopPage) { stopPage(); stopPage = null; }
+  const { path, query } = parse();
+  if (!token() && path !== "/signin") {
+    sessionStorage.setItem("pgd.after-signin", location.hash || "#/jobs");
+    location.replace("#/signin");
+    return;
+  }
+  const match = ROUTES.map(([re, section, load]) => [path.match(re), section, load]).find(([m]) => m);
+  chrome(match ? match[1] : "");
+  if (!match) {
+    fill(main, h("div", { class: "empty" }, h("h2", {}, "No such page"), h("p", {}, h("a", { href: "#/jobs" }, "Back to the jobs"))));
+    return;
+  }
+  const [m, , load] = match;
+  const page = await load();
+  if (mine !== generation) return; // the user navigated on meanwhile
+  fill(main);
+  main.focus({ preventScroll: true });
+  try {
+    stopPage = (await page.render(main, m.slice(1), query)) || null;
+  } catch (err) {
+    if (err.name === "AbortError") return;
+    console.error(err);
+    fill(main, h("div", { class: "problem" }, h("strong", {}, "This page failed: "), String(err.message || err)));
+  }
+  if (mine !== generation && stopPage) { stopPage(); stopPage = null; }
+}
+
+window.addEventListener("hashchange", route);
+window.addEventListener("pgd:signed-out", (ev) => {
+  const reason = ev.detail && ev.detail.reason;
+  if (reason) notice(`Signed out: ${reason}. Sign in with a valid token.`, "warn");
+  if (!location.hash.startsWith("#/signin")) {
+    sessionStorage.setItem("pgd.after-signin", location.hash || "#/jobs");
+    location.hash = "#/signin";
+  } else {
+    route();
+  }
+});
+document.getElementById("sign-out").addEventListener("click", () => {
+  signOut(null);
+  notice(null);
+});
+
+route();
