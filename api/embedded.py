@@ -148,6 +148,7 @@ def up(argv: list[str]) -> int:
 
     url = f"http://{args.host}:{args.port}"
     print(f"pgd API:      {url}  (docs: {url}/docs)", flush=True)
+    print(f"dashboard:    {url}/ui/  (sign in with the admin token)", flush=True)
     print(f"admin token:  {token}", flush=True)
     print(f"database:     {settings.database_url}", flush=True)
     print(f"broker:       {settings.broker_url}", flush=True)

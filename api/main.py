@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import observability as request_metrics
+from api import ui
 from api.problems import install_problem_handlers
 from api.routes import job_data, jobs, meta, observability, results, studies, sweeps
-from api import ui
 from api.services.results import PageCache
 from pgd_service.db.session import make_engine, make_session_factory
 from pgd_service.maintenance import MaintenanceThread

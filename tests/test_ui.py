@@ -161,7 +161,9 @@ def test_jobs_table_follows_a_state_change_without_a_reload(signed_in, live: Liv
     wait_for(signed_in, lambda d: by_css(d, f"{row}[data-state='running']"), timeout=6)
     report(live, job_id, {"loss": [1.0]}, 0.25)
     cell = f"{row} .progress"
-    wait_for(signed_in, lambda d: by_css(d, cell)[0].get_attribute("aria-valuenow") == "25", timeout=6)
+    wait_for(
+        signed_in, lambda d: by_css(d, cell)[0].get_attribute("aria-valuenow") == "25", timeout=6
+    )
     finish(live, job_id, "failed", reason="nan_loss", message="loss is NaN at iteration 3")
     wait_for(signed_in, lambda d: by_css(d, f"{row}[data-state='failed']"), timeout=6)
     assert "nan_loss" in by_css(signed_in, row)[0].text
@@ -199,7 +201,9 @@ def _path_points(driver, name: str) -> list[tuple[float, float]]:  # noqa: ANN00
     return [tuple(map(float, part.split(","))) for part in d.replace("M", "L").split("L") if part]
 
 
-def test_job_page_curve_draws_every_stored_point_in_step_order(signed_in, live: LiveApi, sample: Sample):
+def test_job_page_curve_draws_every_stored_point_in_step_order(
+    signed_in, live: LiveApi, sample: Sample
+):
     job_id = sample.students["pgd"]
     go(signed_in, live, f"jobs/{job_id}")
     wait_for(signed_in, lambda d: by_css(d, "#curves path.series[data-name='loss']"))
@@ -210,7 +214,9 @@ def test_job_page_curve_draws_every_stored_point_in_step_order(signed_in, live: 
     # x grows with the step and y falls as the stored value rises (SVG y points down):
     # the drawn shape is the stored series', point by point.
     assert [x for x, _ in drawn] == sorted(x for x, _ in drawn)
-    for (x0, y0), (x1, y1), (_, v0), (_, v1) in zip(drawn, drawn[1:], stored, stored[1:], strict=False):
+    for (_, y0), (_, y1), (_, v0), (_, v1) in zip(
+        drawn, drawn[1:], stored, stored[1:], strict=False
+    ):
         if v1 > v0:
             assert y1 < y0
         elif v1 < v0:
@@ -218,23 +224,33 @@ def test_job_page_curve_draws_every_stored_point_in_step_order(signed_in, live: 
     assert by_css(signed_in, "#curves path.series[data-name='lr']")
 
 
-def test_job_page_shows_its_result_with_teacher_baseline_and_gap(signed_in, live: LiveApi, sample: Sample):
+def test_job_page_shows_its_result_with_teacher_baseline_and_gap(
+    signed_in, live: LiveApi, sample: Sample
+):
     job_id = sample.students["inherit"]
     go(signed_in, live, f"jobs/{job_id}")
     table = wait_for(signed_in, lambda d: d.find_element("id", "eval-table"))
     rows = {
-        row.find_element("tag name", "th").text: [td.text for td in row.find_elements("tag name", "td")]
+        row.find_element("tag name", "th").text: [
+            td.text for td in row.find_elements("tag name", "td")
+        ]
         for row in table.find_elements("css selector", "tbody tr")
     }
     with live.client(live.token("ada", is_admin=True)) as http:
         # Which job the server pairs as the baseline (its rule is tested in test_api_results);
         # the numbers shown are then read from the database, not from the page's source.
-        baseline_id = http.get("/results", params={"job": job_id}).json()["items"][0]["baseline_job_id"]
+        baseline_id = http.get("/results", params={"job": job_id}).json()["items"][0][
+            "baseline_job_id"
+        ]
     with live.session_factory() as session:
         own = session.scalar(select(EvalResult.ap).where(EvalResult.job_id == job_id))
         teacher = session.scalar(select(EvalResult.ap).where(EvalResult.job_id == sample.teacher))
         baseline_job = session.get(Job, baseline_id)
-        assert (baseline_job.kind, baseline_job.method, baseline_job.state) == ("train", "none", "succeeded")
+        assert (baseline_job.kind, baseline_job.method, baseline_job.state) == (
+            "train",
+            "none",
+            "succeeded",
+        )
         baseline = session.scalar(select(EvalResult.ap).where(EvalResult.job_id == baseline_id))
     assert rows["this job"][0] == f"{own:.1f}"
     assert rows["teacher"][0] == f"{teacher:.1f}"
@@ -250,7 +266,10 @@ def test_a_running_jobs_curve_grows_live(signed_in, live: LiveApi, admin: str):
     start(live, job_id)
     report(live, job_id, {"loss": [2.0, 1.8, 1.7]}, 0.1)
     go(signed_in, live, f"jobs/{job_id}")
-    wait_for(signed_in, lambda d: len(_path_points(d, "loss")) == 3 if by_css(d, "#curves path.series") else False)
+    wait_for(
+        signed_in,
+        lambda d: len(_path_points(d, "loss")) == 3 if by_css(d, "#curves path.series") else False,
+    )
     signed_in.execute_script("window.__same_page = true")
     report(live, job_id, {"loss": [1.5, 1.4]}, 0.3, first_step=4)
     wait_for(signed_in, lambda d: len(_path_points(d, "loss")) == 5, timeout=8)
@@ -296,7 +315,10 @@ def test_a_refused_retry_shows_the_apis_problem(signed_in, live: LiveApi, admin:
 
 def _result_rows(driver, metric: str) -> list[tuple[str, str]]:  # noqa: ANN001
     return [
-        (row.get_attribute("data-job"), row.find_element("css selector", f"td[data-metric={metric}]").text)
+        (
+            row.get_attribute("data-job"),
+            row.find_element("css selector", f"td[data-metric={metric}]").text,
+        )
         for row in by_css(driver, "#results-table tbody tr")
     ]
 
@@ -309,29 +331,47 @@ def test_leaderboard_sorts_by_a_clicked_column_as_the_database_orders_it(signed_
     ranked = [r for r in stored if r.ap50 is not None]
     # Rows without the value come last, by id (the API's documented order).
     unranked = [r for r in stored if r.ap50 is None]
-    descending = sorted(ranked, key=lambda r: (-r.ap50, -r.id)) + sorted(unranked, key=lambda r: -r.id)
+    descending = sorted(ranked, key=lambda r: (-r.ap50, -r.id)) + sorted(
+        unranked, key=lambda r: -r.id
+    )
     ascending = sorted(ranked, key=lambda r: (r.ap50, r.id)) + sorted(unranked, key=lambda r: r.id)
 
     def shown(rows):  # noqa: ANN001, ANN202
         return [(r.job_id, "–" if r.ap50 is None else f"{r.ap50:.1f}") for r in rows[:50]]
 
     signed_in.find_element("css selector", "button[data-sort=ap50]").click()
-    wait_for(signed_in, lambda d: "sort=-ap50" in d.current_url and by_css(d, "#results-table tbody tr"))
-    wait_for(signed_in, lambda d: _result_rows(d, "ap50")[:1] == [(descending[0].job_id, f"{descending[0].ap50:.1f}")])
+    wait_for(
+        signed_in, lambda d: "sort=-ap50" in d.current_url and by_css(d, "#results-table tbody tr")
+    )
+    wait_for(
+        signed_in,
+        lambda d: (
+            _result_rows(d, "ap50")[:1] == [(descending[0].job_id, f"{descending[0].ap50:.1f}")]
+        ),
+    )
     assert _result_rows(signed_in, "ap50") == shown(descending)
 
     signed_in.find_element("css selector", "button[data-sort=ap50]").click()
     wait_for(signed_in, lambda d: "sort=ap50" in d.current_url.replace("-ap50", ""))
-    wait_for(signed_in, lambda d: _result_rows(d, "ap50")[:1] == [(ascending[0].job_id, f"{ascending[0].ap50:.1f}")])
+    wait_for(
+        signed_in,
+        lambda d: (
+            _result_rows(d, "ap50")[:1] == [(ascending[0].job_id, f"{ascending[0].ap50:.1f}")]
+        ),
+    )
     assert _result_rows(signed_in, "ap50") == shown(ascending)
     header = signed_in.find_element("css selector", "th.sortable.active")
     assert header.get_attribute("aria-sort") == "ascending"
 
 
-def test_leaderboard_gap_chart_shares_are_the_recovered_gap(signed_in, live: LiveApi, sample: Sample):
+def test_leaderboard_gap_chart_shares_are_the_recovered_gap(
+    signed_in, live: LiveApi, sample: Sample
+):
     go(signed_in, live, "results?method=inherit")
     wait_for(signed_in, lambda d: by_css(d, "#gap-chart g.gap-row"))
-    shares = [float(g.get_attribute("data-share")) for g in by_css(signed_in, "#gap-chart g.gap-row")]
+    shares = [
+        float(g.get_attribute("data-share")) for g in by_css(signed_in, "#gap-chart g.gap-row")
+    ]
     api = live.client(live.token("ada", is_admin=True))
     with api:
         rows = api.get("/results", params={"method": "inherit"}).json()["items"]
@@ -401,14 +441,21 @@ def test_submit_form_shows_the_apis_422_beside_the_field(signed_in, live: LiveAp
 # -- compare, sweeps and studies ---------------------------------------------------------------
 
 
-def test_compare_overlays_each_jobs_curve_and_diffs_their_specs(signed_in, live: LiveApi, sample: Sample):
+def test_compare_overlays_each_jobs_curve_and_diffs_their_specs(
+    signed_in, live: LiveApi, sample: Sample
+):
     ids = [sample.students["pgd"], sample.students["inherit"]]
     go(signed_in, live, f"compare?ids={','.join(ids)}")
     wait_for(signed_in, lambda d: by_css(d, "#compare-curves path.series"))
     loss = by_css(signed_in, "#compare-curves figure.chart")[0]
-    drawn = {p.get_attribute("data-name"): int(p.get_attribute("data-points")) for p in loss.find_elements("css selector", "path.series")}
+    drawn = {
+        p.get_attribute("data-name"): int(p.get_attribute("data-points"))
+        for p in loss.find_elements("css selector", "path.series")
+    }
     assert sorted(drawn.values()) == sorted(len(_points(live, i, "loss")) for i in ids)
-    differing = [row.find_element("tag name", "td").text for row in by_css(signed_in, "#spec-diff tbody tr")]
+    differing = [
+        row.find_element("tag name", "td").text for row in by_css(signed_in, "#spec-diff tbody tr")
+    ]
     assert differing == ["method"]
 
 
@@ -442,6 +489,13 @@ def test_empty_and_unreachable_states(browser, tmp_path: Path):
 def test_first_screen_is_marked_for_the_benchmark(signed_in, live: LiveApi):
     go(signed_in, live, "results")
     signed_in.refresh()
-    wait_for(signed_in, lambda d: d.execute_script("return performance.getEntriesByName('pgd:first-screen').length"))
-    start_ms = signed_in.execute_script("return performance.getEntriesByName('pgd:first-screen')[0].startTime")
+    wait_for(
+        signed_in,
+        lambda d: d.execute_script(
+            "return performance.getEntriesByName('pgd:first-screen').length"
+        ),
+    )
+    start_ms = signed_in.execute_script(
+        "return performance.getEntriesByName('pgd:first-screen')[0].startTime"
+    )
     assert 0 < start_ms < 30_000

@@ -344,9 +344,12 @@ def test_pgd_up_starts_api_and_worker_and_stops_both(tmp_path: Path):
                 time.sleep(0.5)
             page = http.get("/results").json()
             assert [row["job_id"] for row in page["items"]] == [job_id]
+            # The dashboard it prints is served by the same process.
+            assert "<title>pgd dashboard</title>" in http.get("/ui/").text
     finally:
         up.send_signal(signal.SIGINT)
         output, _ = up.communicate(timeout=60)
     assert f"pgd API:      {url}" in output and f"admin token:  {token}" in output
+    assert f"dashboard:    {url}/ui/" in output
     worker_pid = int(re.search(r"worker:\s+pid (\d+)", output).group(1))
     assert not Path(f"/proc/{worker_pid}").exists()  # stopped with the API

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.orm import Session, sessionmaker
@@ -135,12 +134,16 @@ def live_api(
     )
     url = f"http://127.0.0.1:{port}"
     engine = make_engine(database_url)
-    live = LiveApi(url, database_url, root / "data", root / "work", process, make_session_factory(engine))
+    live = LiveApi(
+        url, database_url, root / "data", root / "work", process, make_session_factory(engine)
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"the API exited with {process.returncode}; see {root / 'api.log'}")
+                raise RuntimeError(
+                    f"the API exited with {process.returncode}; see {root / 'api.log'}"
+                )
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                     break
@@ -186,7 +189,9 @@ def start(live: LiveApi, job_id: str) -> None:
             raise AssertionError(f"job {job_id} could not be claimed from {job.state}")
 
 
-def report(live: LiveApi, job_id: str, points: dict[str, list[float]], progress: float, first_step: int = 1) -> None:
+def report(
+    live: LiveApi, job_id: str, points: dict[str, list[float]], progress: float, first_step: int = 1
+) -> None:
     """A heartbeat with progress and metric points at consecutive steps."""
     with live.session_factory() as session:
         job = session.get(Job, job_id)
@@ -216,7 +221,9 @@ def finish(
     with live.session_factory() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        if not lifecycle.finish(session, job_id, job.attempt, state=state, reason=reason, message=message):
+        if not lifecycle.finish(
+            session, job_id, job.attempt, state=state, reason=reason, message=message
+        ):
             raise AssertionError(f"job {job_id} could not finish from {job.state}")
         if metrics is not None:
             session.add(
@@ -233,13 +240,28 @@ def finish(
             path = live.work_root / job_id / "plots" / "pr_curve.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(plot)
-            session.add(Artifact(job_id=job_id, name="plots/pr_curve.png", kind="plot", path=str(path), size=len(plot)))
+            session.add(
+                Artifact(
+                    job_id=job_id,
+                    name="plots/pr_curve.png",
+                    kind="plot",
+                    path=str(path),
+                    size=len(plot),
+                )
+            )
         session.commit()
 
 
 def coco(ap: float) -> dict[str, float]:
     """Plausible COCO metrics around an AP (percent)."""
-    return {"ap": ap, "ap50": ap + 17.0, "ap75": ap + 1.5, "aps": ap - 17.5, "apm": ap + 3.0, "apl": ap + 12.0}
+    return {
+        "ap": ap,
+        "ap50": ap + 17.0,
+        "ap75": ap + 1.5,
+        "aps": ap - 17.5,
+        "apm": ap + 3.0,
+        "apl": ap + 12.0,
+    }
 
 
 def png(width: int = 320, height: int = 240) -> bytes:
@@ -254,7 +276,11 @@ def png(width: int = 320, height: int = 240) -> bytes:
     fig, ax = plt.subplots(figsize=(width / 80, height / 80), dpi=80)
     recall = [i / 50 for i in range(51)]
     for iou, drop in ((0.5, 0.3), (0.75, 0.6)):
-        ax.plot(recall, [max(0.0, 1 - drop * r**2 - (r > 0.9) * (r - 0.9) * 8) for r in recall], label=f"IoU {iou}")
+        ax.plot(
+            recall,
+            [max(0.0, 1 - drop * r**2 - (r > 0.9) * (r - 0.9) * 8) for r in recall],
+            label=f"IoU {iou}",
+        )
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.legend()
@@ -297,14 +323,20 @@ def seed_sample(live: LiveApi, token: str, *, steps: int = 40) -> Sample:
         for method, ap in (("pgd", 35.9), ("inherit", 43.9), ("fgd_box", 38.1)):
             job_id = submit(http, "tiny-fcos-pgd", method=method, teacher_ref=teacher)
             start(live, job_id)
-            curves = {"loss": loss_curve(steps, seed=3), "loss_kd": loss_curve(steps, start=0.8, end=0.1), "lr": lr}
+            curves = {
+                "loss": loss_curve(steps, seed=3),
+                "loss_kd": loss_curve(steps, start=0.8, end=0.1),
+                "lr": lr,
+            }
             report(live, job_id, curves, 1.0)
             finish(live, job_id, metrics=coco(ap), plot=plot)
             students[method] = job_id
         running = submit(http, "tiny-fcos-pgd", teacher_ref=teacher, seed=1)
         start(live, running)
         half = steps // 2
-        report(live, running, {"loss": loss_curve(steps, seed=5)[:half], "lr": lr[:half]}, half / steps)
+        report(
+            live, running, {"loss": loss_curve(steps, seed=5)[:half], "lr": lr[:half]}, half / steps
+        )
         queued = submit(http, "tiny-fcos-student", seed=2)
         failed = submit(http, "tiny-fcos-student", seed=3)
         start(live, failed)
@@ -326,16 +358,28 @@ def seed_sample(live: LiveApi, token: str, *, steps: int = 40) -> Sample:
         template = get_preset("tiny-fcos-pgd").model_dump(mode="json")
         study = http.post(
             "/studies",
-            json={"name": "fcos tiny", "teacher_ref": teacher, "student": template,
-                  "methods": ["none", "pgd"], "seeds": [0, 1]},
+            json={
+                "name": "fcos tiny",
+                "teacher_ref": teacher,
+                "student": template,
+                "methods": ["none", "pgd"],
+                "seeds": [0, 1],
+            },
         )
         assert study.status_code == 202, study.text
         for job_id, ap in zip(study.json()["jobs"], (25.0, 26.1, 35.2, 36.9), strict=False):
             start(live, job_id)
             finish(live, job_id, metrics=coco(ap))
     return Sample(
-        teacher, baseline, students, running, queued, failed,
-        sweep.json()["id"], study.json()["id"], steps,
+        teacher,
+        baseline,
+        students,
+        running,
+        queued,
+        failed,
+        sweep.json()["id"],
+        study.json()["id"],
+        steps,
     )
 
 
@@ -380,7 +424,9 @@ def sign_in(driver: Any, url: str, token: str) -> None:
     field.clear()
     field.send_keys(token)
     driver.find_element(By.CSS_SELECTOR, "form.signin button[type=submit]").click()
-    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return location.hash").startswith("#/jobs"))
+    WebDriverWait(driver, 10).until(
+        lambda d: d.execute_script("return location.hash").startswith("#/jobs")
+    )
 
 
 def wait_for(driver: Any, condition: Any, timeout: float = 10.0) -> Any:

@@ -142,10 +142,10 @@ def _branch(filtered: tuple[str, ...], key: str, descending: bool, only_if: Any 
         query = query.join(Job, Job.id == EvalResult.job_id)
     for name in filtered:
         if name in _JOB_FILTERS:
-            model, field = Job, _JOB_FILTERS[name]
+            matched = getattr(Job, _JOB_FILTERS[name])
         else:
-            model, field = EvalResult, _RESULT_FILTERS.get(name, name)
-        query = query.where(getattr(model, field) == bindparam(name))
+            matched = getattr(EvalResult, _RESULT_FILTERS.get(name, name))
+        query = query.where(matched == bindparam(name))
     # id keeps the order total, so offset pages never overlap.
     tie = EvalResult.id.desc() if descending else EvalResult.id.asc()
     if only_if is not None:

@@ -64,7 +64,16 @@ async function route() {
     return;
   }
   const [m, , load] = match;
-  const page = await load();
+  let page;
+  try {
+    page = await load();
+  } catch (err) {
+    // The page's module could not be fetched: the API serving it is down.
+    if (mine !== generation) return;
+    fill(main, h("div", { class: "problem", role: "alert" }, h("strong", {}, "API unreachable: "),
+      `this page could not be loaded from ${location.origin}. `, h("button", { type: "button", onclick: route }, "Retry")));
+    return;
+  }
   if (mine !== generation) return; // the user navigated on meanwhile
   fill(main);
   main.focus({ preventScroll: true });

@@ -37,7 +37,9 @@ export async function render(main, [jobId]) {
   const logs = h("section", { class: "card wide", id: "logs" });
   const artifacts = h("section", { class: "card", id: "artifacts" });
   const spec = h("section", { class: "card", id: "spec" });
-  main.append(head, actionResult, h("div", { class: "grid2" }, summary, timeline), evaluation, curves, plots, logs, h("div", { class: "grid2" }, artifacts, spec));
+  // While the job runs its curves matter most; once it has finished, its result.
+  const body = TERMINAL.has(job.state) ? [evaluation, curves, plots] : [curves, evaluation, plots];
+  main.append(head, actionResult, h("div", { class: "grid2" }, summary, timeline), ...body, logs, h("div", { class: "grid2" }, artifacts, spec));
 
   function drawHead() {
     const buttons = [];
