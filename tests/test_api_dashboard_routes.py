@@ -188,6 +188,10 @@ def test_the_dashboard_is_served_without_a_token_and_redirected_to(client):
     index = client.get("/ui/")
     assert index.status_code == 200 and "text/html" in index.headers["content-type"]
     assert '<script type="module" src="/ui/js/app.js">' in index.text
+    # The pages hold a token: no framing, no other origin's scripts.
+    assert index.headers["x-frame-options"] == "DENY"
+    policy = index.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
     for path in ("/", "/ui"):
         moved = client.get(path, follow_redirects=False)
         assert (moved.status_code, moved.headers["location"]) == (307, "/ui/")

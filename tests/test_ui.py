@@ -260,6 +260,25 @@ def test_job_page_shows_its_result_with_teacher_baseline_and_gap(
     assert gap.startswith(f"Recovered {100 * (own - baseline) / (teacher - baseline):.0f} %")
 
 
+def test_an_undefined_coco_metric_reads_n_a_and_has_no_delta(
+    signed_in, live: LiveApi, sample: Sample
+):
+    job_id = sample.students["fgd_box"]
+    with live.session_factory() as session:
+        assert session.scalar(select(EvalResult.aps).where(EvalResult.job_id == job_id)) == -1
+    go(signed_in, live, f"jobs/{job_id}")
+    wait_for(signed_in, lambda d: by_css(d, "#eval-table"))
+    cells = {
+        row.find_element("tag name", "th").text: row.find_element(
+            "css selector", "td[data-metric=aps]"
+        ).text
+        for row in by_css(signed_in, "#eval-table tbody tr")
+    }
+    assert cells["this job"] == "n/a"
+    assert cells["Δ vs baseline"] == "n/a"
+    assert cells["teacher"] not in ("n/a", "–")
+
+
 def test_a_running_jobs_curve_grows_live(signed_in, live: LiveApi, admin: str):
     with live.client(admin) as http:
         job_id = submit(http, "tiny-fcos-student", seed=90)
@@ -403,6 +422,32 @@ def test_grouped_leaderboard_shows_mean_and_sd_over_seeds(signed_in, live: LiveA
     assert cells == [f"{mean:.1f} ± {sd:.1f}"]
 
 
+def test_csv_download_is_the_apis_csv_of_the_shown_filters(signed_in, live: LiveApi):
+    go(signed_in, live, "results?method=pgd")
+    wait_for(signed_in, lambda d: by_css(d, "#results-table tbody tr"))
+    # Catch the file the page hands to the browser.
+    signed_in.execute_script(
+        "window.__blobs = []; const make = URL.createObjectURL.bind(URL);"
+        "URL.createObjectURL = (blob) => { window.__blobs.push(blob); return make(blob); };"
+    )
+    signed_in.find_element("id", "csv").click()
+    downloaded = signed_in.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "(async () => { while (!window.__blobs.length) await new Promise((r) => setTimeout(r, 50));"
+        "done(await window.__blobs[0].text()); })();"
+    )
+    with live.client(live.token("ada", is_admin=True)) as http:
+        expected = http.get("/results", params={"method": "pgd", "sort": "-ap", "format": "csv"})
+    assert expected.status_code == 200
+    assert downloaded == expected.text
+    header, *rows = downloaded.splitlines()
+    with live.session_factory() as session:
+        pgd_results = session.scalar(
+            select(func.count()).select_from(EvalResult).where(EvalResult.method == "pgd")
+        )
+    assert "job_id" in header and len(rows) == pgd_results > 0
+
+
 # -- submit ---------------------------------------------------------------------------------------
 
 
@@ -471,6 +516,12 @@ def test_sweep_grid_shows_each_cells_state_and_result(signed_in, live: LiveApi, 
         assert state in cell.text
         if job_id in results:
             assert f"AP {results[job_id]:.1f}" in cell.text
+    # "Its results": the leaderboard filtered to the sweep, nothing else.
+    signed_in.find_element("link text", "Its results").click()
+    wait_for(signed_in, lambda d: by_css(d, "#sweep-chip") and by_css(d, "#results-table tbody tr"))
+    shown = {row.get_attribute("data-job") for row in by_css(signed_in, "#results-table tbody tr")}
+    assert shown == {job_id for job_id, _ in jobs if job_id in results}
+    assert len(shown) == 2
 
 
 def test_empty_and_unreachable_states(browser, tmp_path: Path):
@@ -479,8 +530,11 @@ def test_empty_and_unreachable_states(browser, tmp_path: Path):
         wait_for(browser, lambda d: text_of(d, ".empty h2") == "No jobs yet")
         go(browser, empty, "results")
         wait_for(browser, lambda d: text_of(d, ".empty h2") == "No results yet")
-        # The API goes away under a loaded dashboard.
+        # The API goes away under a loaded dashboard: a page whose data cannot be
+        # fetched, and a page whose module was never loaded, both say so.
         empty.stop()
+        go(browser, empty, "sweeps")
+        assert "API unreachable" in wait_for(browser, lambda d: text_of(d, "#load-failed"))
         go(browser, empty, "jobs")
         problem = wait_for(browser, lambda d: text_of(d, ".problem"))
         assert "API unreachable" in problem

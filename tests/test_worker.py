@@ -137,6 +137,9 @@ def test_kill_9_during_training_resumes_from_the_checkpoint(machine_redis: str, 
         assert resumed is not None and int(resumed.group(1)) >= 8
 
 
+# Slow (about 40 s each on 2 cores): the default run keeps the kill -9 resume, the
+# cancel/retry and the end-to-end runs; `make test-all` adds these restarts.
+@pytest.mark.slow
 def test_redis_restart_while_a_job_runs(tmp_path: Path):
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (needed for a Redis of our own)")
@@ -165,6 +168,7 @@ def test_redis_restart_while_a_job_runs(tmp_path: Path):
         private.stop()
 
 
+@pytest.mark.slow
 def test_api_restart_while_a_job_runs(machine_redis: str, tmp_path: Path):
     with stack("postgresql", machine_redis, tmp_path) as s:
         headers = bearer(create_app(s.settings), "erin")
@@ -200,6 +204,7 @@ def test_api_restart_while_a_job_runs(machine_redis: str, tmp_path: Path):
             server.wait()
 
 
+@pytest.mark.slow
 def test_a_job_that_kills_its_worker_every_time_ends_worker_lost(
     machine_redis: str, tmp_path: Path
 ):

@@ -190,12 +190,16 @@ def _page(
     headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
     if _not_modified(request, etag):
         return Response(status_code=304, headers=headers)
-    body = cache.get(version, key)
+    # One job's row (a job page's) is a primary-key read: caching it would only
+    # push the leaderboard's pages out of the cache.
+    cached = filters.job is None
+    body = cache.get(version, key) if cached else None
     if body is None:
         body = service.page_body(
             db_session=db_session, filters=filters, sort=sort, limit=limit, offset=offset
         )
-        cache.put(version, key, body)
+        if cached:
+            cache.put(version, key, body)
     return Response(body, media_type="application/json", headers=headers)
 
 

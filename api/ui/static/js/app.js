@@ -70,21 +70,26 @@ async function route() {
   } catch (err) {
     // The page's module could not be fetched: the API serving it is down.
     if (mine !== generation) return;
-    fill(main, h("div", { class: "problem", role: "alert" }, h("strong", {}, "API unreachable: "),
+    fill(main, h("div", { class: "problem", role: "alert", id: "load-failed" }, h("strong", {}, "API unreachable: "),
       `this page could not be loaded from ${location.origin}. `, h("button", { type: "button", onclick: route }, "Retry")));
     return;
   }
   if (mine !== generation) return; // the user navigated on meanwhile
-  fill(main);
+  // Each render draws into a view of its own: one the user has left (it may
+  // still be awaiting the API) writes into a detached element, never the new page.
+  const view = h("div", { class: "view" });
+  fill(main, view);
   main.focus({ preventScroll: true });
+  let stop = null;
   try {
-    stopPage = (await page.render(main, m.slice(1), query)) || null;
+    stop = (await page.render(view, m.slice(1), query)) || null;
   } catch (err) {
     if (err.name === "AbortError") return;
     console.error(err);
-    fill(main, h("div", { class: "problem" }, h("strong", {}, "This page failed: "), String(err.message || err)));
+    if (mine === generation) fill(view, h("div", { class: "problem" }, h("strong", {}, "This page failed: "), String(err.message || err)));
   }
-  if (mine !== generation && stopPage) { stopPage(); stopPage = null; }
+  if (mine === generation) stopPage = stop;
+  else if (stop) stop();
 }
 
 window.addEventListener("hashchange", route);

@@ -19,11 +19,17 @@ export function flatten(value, prefix = "", out = {}) {
 }
 
 export async function render(main, _params, q) {
-  const ids = [...new Set((q.get("ids") || "").split(",").map((s) => s.trim()).filter(Boolean))];
+  const raw = [...new Set((q.get("ids") || "").split(",").map((s) => s.trim()).filter(Boolean))];
+  // Job ids only: anything else never reaches a URL path.
+  const ids = raw.filter((id) => /^[\w-]{1,64}$/.test(id));
   const input = h("input", { id: "compare-ids", value: ids.join(","), placeholder: "job ids, comma-separated", size: 60 });
   main.append(h("div", { class: "page-head" }, h("h1", {}, "Compare jobs")),
     h("form", { class: "filters", onsubmit: (ev) => { ev.preventDefault(); location.hash = `#/compare?ids=${input.value.replace(/\s+/g, "")}`; } },
       h("label", {}, "jobs", input), h("button", { type: "submit" }, "Compare")));
+  if (ids.length !== raw.length) {
+    main.append(h("div", { class: "problem" }, `Not a job id: ${raw.filter((id) => !ids.includes(id)).join(", ")}`));
+    return null;
+  }
   if (ids.length < 2 || ids.length > 6) {
     main.append(h("div", { class: "empty" }, h("h2", {}, ids.length > 6 ? "Six jobs at most" : "Pick two to six jobs"),
       h("p", {}, "Tick them in the ", h("a", { href: "#/jobs" }, "jobs table"), " and press “Compare selected”, or paste their ids above.")));

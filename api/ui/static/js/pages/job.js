@@ -9,6 +9,26 @@ const CANCELLABLE = new Set(["waiting", "queued", "running"]);
 const RETRYABLE = new Set(["failed", "cancelled"]);
 const HEADLINE = ["ap", "ap50", "ap75", "aps", "apm", "apl", "mr", "ji"];
 
+/** This row minus its baseline for one metric: the API's own delta where it gives
+ * one (ap, mr, ji), else the difference; "n/a" where either side has none (-1). */
+export function deltaCell(r, m) {
+  const given = r[`delta_${m}_vs_baseline`];
+  if (given !== undefined) return delta(given);
+  const own = r[m], base = r[`baseline_${m}`];
+  if (own == null || base == null) return "–";
+  if (own === -1 || base === -1) return "n/a";
+  return delta(own - base);
+}
+
+/** Insert a point keeping the series in step order; a step logged again (a resumed
+ * attempt) replaces the earlier value. */
+export function addPoint(points, x, y) {
+  let i = points.length;
+  while (i > 0 && points[i - 1].x > x) i--;
+  if (i > 0 && points[i - 1].x === x) points[i - 1].y = y;
+  else points.splice(i, 0, { x, y });
+}
+
 /** Metric series split into charts: losses, learning rate, the rest. */
 export function chartGroups(names) {
   const losses = names.filter((n) => /loss/i.test(n));
@@ -136,7 +156,7 @@ export async function render(main, [jobId]) {
           tr("this job", (m) => pct(r[m])),
           distilled ? tr("teacher", (m) => pct(r[`teacher_${m}`])) : null,
           distilled ? tr("no-KD baseline", (m) => pct(r[`baseline_${m}`])) : null,
-          distilled ? tr("Δ vs baseline", (m) => (r[`baseline_${m}`] == null ? "–" : delta(r[m] - r[`baseline_${m}`]))) : null))),
+          distilled ? tr("Δ vs baseline", (m) => deltaCell(r, m)) : null))),
       distilled && r.teacher_ap != null && r.baseline_ap != null && r.teacher_ap !== r.baseline_ap
         ? h("p", { id: "gap" }, `Recovered ${(100 * (r.ap - r.baseline_ap) / (r.teacher_ap - r.baseline_ap)).toFixed(0)} % of the AP gap between the no-KD baseline and the teacher.`)
         : null,
@@ -155,12 +175,17 @@ export async function render(main, [jobId]) {
     fill(curves, h("h2", {}, "Training curves"), names.length ? h("div", { class: "charts" }, charts) : h("p", { class: "muted" }, "No metric points yet."));
   }
   const scheduleRedraw = () => { if (!redraw) redraw = setTimeout(drawCurves, 500); };
+  // Live points that arrive before GET /metrics has answered wait here, then merge.
+  let early = [];
   async function loadCurves() {
     try {
       const body = await get(`/jobs/${job.id}/metrics`);
       for (const [name, points] of Object.entries(body.series)) series[name] = points.map((p) => ({ x: p.step, y: p.value }));
+      for (const p of early) addPoint(series[p.name] ||= [], p.step, p.value);
+      early = null;
       drawCurves();
     } catch (err) {
+      early = null;
       fill(curves, h("h2", {}, "Training curves"), problemBox(err, "Cannot load the metrics"));
     }
   }
@@ -218,30 +243,38 @@ export async function render(main, [jobId]) {
       fill(logs, h("h2", {}, "Log"), err.status === 404 ? h("p", { class: "muted" }, "No log yet.") : problemBox(err, "Cannot read the log"));
       return;
     }
-    const pre = h("pre", { class: "log", id: "log-tail" }, text);
+    const shown = document.getElementById("log-tail");
+    if (shown && logs.contains(shown) && shown.textContent === text) return;
+    const pre = h("pre", { class: "log", id: "log-tail", tabindex: "0" }, text);
     fill(logs, h("h2", {}, "Log (last 200 lines)"), pre);
     pre.scrollTop = pre.scrollHeight;
   }
 
   let events = null;
   let poll = null;
+  let refreshes = 0;
   function watch() {
     if (events) { events.stop(); events = null; }
     if (poll) { poll(); poll = null; }
     if (TERMINAL.has(job.state)) return;
     events = jobEvents(job.id, async (name, data) => {
       if (name === "metric") {
-        (series[data.name] ||= []).push({ x: data.step, y: data.value });
-        scheduleRedraw();
+        if (early) early.push(data);
+        else { addPoint(series[data.name] ||= [], data.step, data.value); scheduleRedraw(); }
       } else if (name === "state") {
         const was = job.state;
         if (data.state === job.state && data.progress === job.progress && data.attempt === job.attempt) return;
         Object.assign(job, { state: data.state, progress: data.progress, attempt: data.attempt });
+        drawAll();
         if (was !== data.state) {
-          job = await get(`/jobs/${job.id}`).catch(() => job);
+          // The full row (reason, timestamps); an answer older than the latest is dropped.
+          const mine = ++refreshes;
+          const fresh = await get(`/jobs/${job.id}`).catch(() => null);
+          if (!fresh || mine !== refreshes) return;
+          job = fresh;
+          drawAll();
           if (TERMINAL.has(job.state)) { drawEvaluation(); drawArtifacts(); drawLogs(); }
         }
-        drawAll();
       }
     });
     poll = every(3000, () => (TERMINAL.has(job.state) ? null : drawLogs()));
@@ -250,7 +283,8 @@ export async function render(main, [jobId]) {
 
   drawAll();
   drawSpec();
-  await Promise.all([drawEvaluation(), loadCurves(), drawArtifacts(), drawLogs()]);
+  // The stream first: points stored while the page loads are buffered, not lost.
   watch();
+  await Promise.all([drawEvaluation(), loadCurves(), drawArtifacts(), drawLogs()]);
   return () => stops.forEach((f) => f());
 }

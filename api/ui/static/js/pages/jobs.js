@@ -74,6 +74,7 @@ export async function render(main, _params, q) {
     h("td", { class: "ellipsis opt" }, job.owner));
 
   let first = true;
+  let drawn = "";
   async function load() {
     let page;
     try {
@@ -89,9 +90,14 @@ export async function render(main, _params, q) {
         ? h("div", { class: "empty" }, h("h2", {}, "No job matches these filters"), h("p", {}, h("a", { href: "#/jobs" }, "Clear the filters")))
         : h("div", { class: "empty" }, h("h2", {}, "No jobs yet"),
           h("p", {}, "Submit one from a preset on the ", h("a", { href: "#/submit" }, "Submit"), " page, or from a terminal:"),
-          h("pre", {}, "curl -X POST -H 'Authorization: Bearer $PGD_TOKEN' \\\n  -H 'Content-Type: application/json' -d @spec.json $PGD_URL/jobs")));
+          h("pre", {}, "curl -X POST -H \"Authorization: Bearer $PGD_TOKEN\" \\\n  -H 'Content-Type: application/json' -d @spec.json \"$PGD_URL/jobs\"")));
     } else {
-      fill(body, page.items.map(row));
+      // Redraw only what changed, so focus and hover survive the refresh.
+      const snapshot = JSON.stringify(page.items.map((j) => [j.id, j.state, j.reason, j.progress, j.attempt, age(j.created_at)]));
+      if (snapshot !== drawn) {
+        drawn = snapshot;
+        fill(body, page.items.map(row));
+      }
       if (!table.isConnected) fill(area, table, pager);
       // The cursors of the newer pages, "~" for the newest, so "Newer" can walk back.
       const back = (q.get("back") || "").split(".").filter(Boolean);

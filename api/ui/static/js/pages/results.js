@@ -14,16 +14,16 @@ const val = (v) => (v == null ? "–" : v === -1 ? "n/a" : v.toFixed(1));
 export async function render(main, _params, q) {
   const state = {
     dataset: q.get("dataset") || "", detector: q.get("detector") || "", method: q.get("method") || "",
-    kind: q.get("kind") || "", study: q.get("study") || "",
+    kind: q.get("kind") || "", study: q.get("study") || "", sweep: q.get("sweep") || "",
     sort: q.get("sort") || "-ap", offset: Number(q.get("offset") || 0), group: q.get("group") === "config",
   };
   const setQuery = (changes) => {
     const next = { ...state, ...changes };
-    const params = { dataset: next.dataset, detector: next.detector, method: next.method, kind: next.kind, study: next.study,
+    const params = { dataset: next.dataset, detector: next.detector, method: next.method, kind: next.kind, study: next.study, sweep: next.sweep,
       sort: next.sort === "-ap" ? "" : next.sort, offset: next.offset || "", group: next.group ? "config" : "" };
     location.hash = `#/results${query(params)}`;
   };
-  const filters = () => ({ dataset: state.dataset, detector: state.detector, method: state.method, kind: state.kind, study: state.study });
+  const filters = () => ({ dataset: state.dataset, detector: state.detector, method: state.method, kind: state.kind, study: state.study, sweep: state.sweep });
 
   const select = (name, values) => h("label", {}, name, h("select", { "data-filter": name, onchange: (ev) => setQuery({ [name]: ev.target.value, offset: 0 }) },
     h("option", { value: "" }, "any"), values.map((v) => h("option", { value: v, selected: v === state[name] }, v))));
@@ -35,7 +35,8 @@ export async function render(main, _params, q) {
       h("label", {}, "dataset", h("input", { "data-filter": "dataset", value: state.dataset, placeholder: "any", size: 14, onchange: (ev) => setQuery({ dataset: ev.target.value.trim(), offset: 0 }) })),
       select("detector", DETECTORS), select("method", METHODS), select("kind", KINDS),
       h("label", { class: "toggle" }, h("input", { type: "checkbox", id: "group", checked: state.group, onchange: (ev) => setQuery({ group: ev.target.checked, offset: 0 }) }), "group seeds"),
-      state.study ? h("span", { class: "chip" }, `study ${short(state.study)} `, h("a", { href: "#/results", title: "clear" }, "×")) : null));
+      state.study ? h("span", { class: "chip" }, `study ${short(state.study)} `, h("a", { href: "#/results", title: "clear" }, "×")) : null,
+      state.sweep ? h("span", { class: "chip", id: "sweep-chip" }, `sweep ${short(state.sweep)} `, h("a", { href: "#/results", title: "clear" }, "×")) : null));
   const area = h("div", { id: "results-area" });
   const chart = h("section", { class: "card wide", id: "gap-chart" });
   main.append(area, chart);
@@ -71,9 +72,11 @@ export async function render(main, _params, q) {
   }
 
   function flatTable(items) {
+    // COCO columns always; CrowdHuman's MR and JI too when a row has them. The
+    // teacher / baseline columns follow AP unless every row is MR-only.
     const hasMr = items.some((r) => r.mr != null);
-    const metrics = hasMr ? ["mr", "ji", "ap"] : ["ap", "ap50", "ap75", "aps", "apm", "apl"];
-    const gap = hasMr ? "mr" : "ap";
+    const metrics = ["ap", "ap50", "ap75", "aps", "apm", "apl", ...(hasMr ? ["mr", "ji"] : [])];
+    const gap = items.every((r) => r.ap == null && r.mr != null) ? "mr" : "ap";
     return h("div", { class: "table-wrap" }, h("table", { id: "results-table", class: "results" },
       h("thead", {}, h("tr", {}, h("th", {}, "job"), ["kind", "detector", "dataset"].map((c) => h("th", { class: "opt" }, c)), h("th", {}, "method"),
         metrics.map((m) => sortHeader(m, m.toUpperCase())),

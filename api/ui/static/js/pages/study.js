@@ -10,7 +10,9 @@ export async function render(main, [studyId]) {
   const area = h("div", {});
   main.append(head, area);
   let chartUrl = null;
+  let chartKey = "";
   let done = false;
+  let lastSnapshot = "";
 
   async function load() {
     let study, results;
@@ -20,6 +22,10 @@ export async function render(main, [studyId]) {
       fill(area, problemBox(err, "Cannot load the study"));
       return;
     }
+    // Nothing changed since the last refresh: keep the page (and the reader's focus).
+    const snapshot = JSON.stringify([study, null, results.items.map((r) => [r.job_id, r.ap, r.mr])]);
+    if (snapshot === lastSnapshot) return;
+    lastSnapshot = snapshot;
     fill(head, h("h1", {}, "Study ", study.name || h("span", { class: "mono" }, short(study.id))),
       h("div", { class: "head-actions" }, h("a", { class: "button", href: `#/results?study=${study.id}&group=config` }, "Grouped results")));
     const byJob = Object.fromEntries(results.items.map((r) => [r.job_id, r]));
@@ -49,6 +55,14 @@ export async function render(main, [studyId]) {
       h("section", { class: "card wide" }, h("h2", {}, "Students"), h("div", { class: "table-wrap" }, grid)),
       h("section", { class: "card wide" }, h("h2", {}, "Results over seeds"), study.table.length ? h("div", { class: "table-wrap" }, table) : h("p", { class: "muted" }, "No results yet."), chart));
     if (study.table.length) {
+      // The chart only changes with the table: reuse it between refreshes.
+      const key = JSON.stringify(study.table);
+      if (key === chartKey && chartUrl) {
+        chart.append(h("img", { src: chartUrl, alt: `${metric} per method` }));
+        done = study.done;
+        return;
+      }
+      chartKey = key;
       try {
         const blob = await request(`/studies/${study.id}/chart.png${query({ metric })}`, { blob: true });
         if (chartUrl) URL.revokeObjectURL(chartUrl);

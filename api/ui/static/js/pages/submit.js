@@ -74,7 +74,8 @@ export async function render(main, _params, q) {
     input.id = `f-${path}`;
     input.dataset.field = path;
     inputs[path] = input;
-    errors[path] = h("div", { class: "field-error", "data-error-for": path });
+    errors[path] = h("div", { class: "field-error", "data-error-for": path, id: `e-${path}` });
+    input.setAttribute("aria-describedby", `e-${path}`);
     (sections[section] ||= []).push(h("div", { class: "field" }, h("label", { for: input.id }, path.replace(`${section}.`, "")), input, errors[path]));
   }
   const top = h("div", { id: "submit-result" });

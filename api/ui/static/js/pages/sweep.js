@@ -9,25 +9,42 @@ export function at(spec, path) {
   return path.split(".").reduce((v, k) => (v && typeof v === "object" ? v[k] : undefined), spec);
 }
 
+/** Every job of the sweep (a sweep has at most 256), following the cursor. */
+async function allJobs(sweepId) {
+  const items = [];
+  let cursor = "";
+  do {
+    const page = await get(`/jobs${query({ sweep: sweepId, limit: 200, cursor })}`);
+    items.push(...page.items);
+    cursor = page.next_cursor;
+  } while (cursor);
+  return { items };
+}
+
 export async function render(main, [sweepId]) {
   main.append(h("div", { class: "page-head" }, h("h1", {}, "Sweep ", h("span", { class: "mono" }, short(sweepId))),
     h("div", { class: "head-actions" }, h("a", { class: "button", href: `#/jobs?sweep=${sweepId}` }, "Its jobs"), h("a", { class: "button", href: `#/results?sweep=${sweepId}` }, "Its results"))));
   const area = h("div", {});
   main.append(area);
   let done = false;
+  let lastSnapshot = "";
 
   async function load() {
     let sweep, jobs, results;
     try {
       [sweep, jobs, results] = await Promise.all([
         get(`/sweeps/${sweepId}`),
-        get(`/jobs${query({ sweep: sweepId, limit: 200 })}`),
+        allJobs(sweepId),
         get(`/results${query({ sweep: sweepId, limit: 500, sort: "-ap" })}`),
       ]);
     } catch (err) {
       fill(area, problemBox(err, "Cannot load the sweep"));
       return;
     }
+    // Nothing changed since the last refresh: keep the page (and the reader's focus).
+    const snapshot = JSON.stringify([sweep, jobs.items.map((j) => [j.id, j.state, j.progress]), results.items.map((r) => [r.job_id, r.ap, r.mr])]);
+    if (snapshot === lastSnapshot) return;
+    lastSnapshot = snapshot;
     const byJob = Object.fromEntries(results.items.map((r) => [r.job_id, r]));
     const paths = Object.keys(sweep.grid);
     const metric = results.items.some((r) => r.mr != null) ? "mr" : "ap";
@@ -50,7 +67,8 @@ export async function render(main, [sweepId]) {
         h("tbody", {}, jobs.items.map((j) => h("tr", {}, paths.map((p) => h("td", { class: "mono small" }, JSON.stringify(at(j.spec, p)))), h("td", {}, cell(j)))))))));
     }
     fill(area, parts);
-    done = jobs.items.every((j) => TERMINAL.has(j.state));
+    // From the sweep's own counts, not from the rows drawn.
+    done = Object.entries(sweep.states).every(([state, n]) => n === 0 || TERMINAL.has(state));
   }
   await load();
   return every(3000, () => (done ? null : load()));
