@@ -29,6 +29,7 @@ from ui_helpers import (
 )
 
 from api.auth import hash_token
+from pgd_client import ProblemError
 from pgd_service.db.models import ApiToken, EvalResult, Job, MetricPoint
 
 pytestmark = pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing()))
@@ -239,9 +240,9 @@ def test_job_page_shows_its_result_with_teacher_baseline_and_gap(
     with live.client(live.token("ada", is_admin=True)) as http:
         # Which job the server pairs as the baseline (its rule is tested in test_api_results);
         # the numbers shown are then read from the database, not from the page's source.
-        baseline_id = http.get("/results", params={"job": job_id}).json()["items"][0][
-            "baseline_job_id"
-        ]
+        row = http.result(job_id)
+        assert row is not None
+        baseline_id = row.baseline_job_id
     with live.session_factory() as session:
         own = session.scalar(select(EvalResult.ap).where(EvalResult.job_id == job_id))
         teacher = session.scalar(select(EvalResult.ap).where(EvalResult.job_id == sample.teacher))
@@ -314,17 +315,18 @@ def test_a_refused_retry_shows_the_apis_problem(signed_in, live: LiveApi, admin:
     with live.client(admin) as http:
         teacher = submit(http, "tiny-fcos-teacher", seed=93)
         student = submit(http, "tiny-fcos-pgd", teacher_ref=teacher, seed=93)
-        assert http.post(f"/jobs/{student}/cancel").status_code == 202
-        assert http.post(f"/jobs/{teacher}/cancel").status_code == 202
+        assert http.cancel(student).state == "cancelled"
+        assert http.cancel(teacher).state == "cancelled"
     go(signed_in, live, f"jobs/{student}")
     wait_for(signed_in, lambda d: d.find_element("id", "retry")).click()
     confirm(signed_in)
     problem = wait_for(signed_in, lambda d: text_of(d, "#action-result .problem"))
     with live.client(admin) as http:
-        refused = http.post(f"/jobs/{student}/retry")
-    assert refused.status_code == 409
+        with pytest.raises(ProblemError) as refused:
+            http.retry(student)
+    assert refused.value.status == 409
     assert problem.startswith("Retry refused: 409 Conflict")
-    assert refused.json()["detail"] in problem
+    assert refused.value.detail in problem
     with live.session_factory() as session:
         assert session.scalar(select(Job.state).where(Job.id == student)) == "cancelled"
 
@@ -391,13 +393,15 @@ def test_leaderboard_gap_chart_shares_are_the_recovered_gap(
     shares = [
         float(g.get_attribute("data-share")) for g in by_css(signed_in, "#gap-chart g.gap-row")
     ]
-    api = live.client(live.token("ada", is_admin=True))
-    with api:
-        rows = api.get("/results", params={"method": "inherit"}).json()["items"]
+    with live.client(live.token("ada", is_admin=True)) as api:
+        rows = api.results(method="inherit").items
+    # Which jobs are paired comes from the API; their APs from the database.
+    with live.session_factory() as session:
+        ap = dict(session.execute(select(EvalResult.job_id, EvalResult.ap)).tuples().all())
     expected = [
-        (r["ap"] - r["baseline_ap"]) / (r["teacher_ap"] - r["baseline_ap"])
+        (ap[r.job_id] - ap[r.baseline_job_id]) / (ap[r.teacher_job_id] - ap[r.baseline_job_id])
         for r in rows
-        if r["teacher_ap"] is not None and r["baseline_ap"] is not None
+        if r.teacher_job_id is not None and r.baseline_job_id is not None
     ]
     assert shares == pytest.approx(expected, abs=1e-4)
     assert len(shares) == 1
@@ -437,9 +441,8 @@ def test_csv_download_is_the_apis_csv_of_the_shown_filters(signed_in, live: Live
         "done(await window.__blobs[0].text()); })();"
     )
     with live.client(live.token("ada", is_admin=True)) as http:
-        expected = http.get("/results", params={"method": "pgd", "sort": "-ap", "format": "csv"})
-    assert expected.status_code == 200
-    assert downloaded == expected.text
+        expected = http.results_csv(method="pgd", sort="-ap")
+    assert downloaded == expected
     header, *rows = downloaded.splitlines()
     with live.session_factory() as session:
         pgd_results = session.scalar(
@@ -466,8 +469,10 @@ def test_submit_form_shows_the_apis_422_beside_the_field(signed_in, live: LiveAp
 
         body = get_preset("tiny-fcos-student").model_dump(mode="json")
         body["schedule"]["lr"] = -0.5
-        problem = http.post("/jobs", json=body).json()
-    messages = [e["message"] for e in problem["errors"] if e["field"] == "schedule.lr"]
+        with pytest.raises(ProblemError) as refused:
+            http.submit(body)
+    assert refused.value.status == 422
+    messages = [e["message"] for e in refused.value.errors if e["field"] == "schedule.lr"]
     assert messages and error == messages[0]
     assert field.get_attribute("aria-invalid") == "true"
     with live.session_factory() as session:

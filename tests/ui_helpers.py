@@ -27,6 +27,7 @@ from alembic.config import Config
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import store_token
+from pgd_client import Client
 from pgd_core.data.synthetic_shapes import make_coco_shapes
 from pgd_core.presets import get_preset
 from pgd_service import lifecycle
@@ -72,10 +73,9 @@ class LiveApi:
     def token(self, owner: str, *, is_admin: bool = False) -> str:
         return store_token(self.database_url, owner=owner, is_admin=is_admin)
 
-    def client(self, token: str) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-        )
+    def client(self, token: str) -> Client:
+        """The Python client (pgd_client) signed in with ``token``."""
+        return Client(self.url, token, retries=1, backoff_s=0.1)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -162,14 +162,11 @@ def live_api(
 # -- jobs through the API, moved by a stand-in worker --------------------------------
 
 
-def submit(http: httpx.Client, preset: str, **changes: Any) -> str:
+def submit(client: Client, preset: str, **changes: Any) -> str:
     """POST /jobs of a preset with top-level fields replaced; the new job's id."""
     spec = get_preset(preset).model_dump(mode="json")
     spec.update(changes)
-    response = http.post("/jobs", json=spec)
-    if response.status_code not in (200, 202):
-        raise AssertionError(f"POST /jobs {preset}: {response.status_code} {response.text}")
-    return response.json()["id"]
+    return client.submit(spec).id
 
 
 def loss_curve(steps: int, *, start: float = 2.0, end: float = 0.4, seed: int = 0) -> list[float]:
@@ -353,24 +350,21 @@ def seed_sample(live: LiveApi, token: str, *, steps: int = 40) -> Sample:
         # A sweep over alpha x seed, half of it done; a study of the teacher's students.
         base = get_preset("tiny-fcos-pgd").model_dump(mode="json") | {"teacher_ref": teacher}
         grid = {"distill.alpha": [0.002, 0.004], "seed": [0, 1]}
-        sweep = http.post("/sweeps", json={"base": base, "grid": grid})
-        assert sweep.status_code == 202, sweep.text
-        for job_id, ap in zip(sweep.json()["jobs"][:2], (34.2, 36.4), strict=True):
+        sweep = http.submit_sweep(base, grid)
+        for job_id, ap in zip(sweep["jobs"][:2], (34.2, 36.4), strict=True):
             start(live, job_id)
             finish(live, job_id, metrics=coco(ap))
         template = get_preset("tiny-fcos-pgd").model_dump(mode="json")
-        study = http.post(
-            "/studies",
-            json={
+        study = http.submit_study(
+            {
                 "name": "fcos tiny",
                 "teacher_ref": teacher,
                 "student": template,
                 "methods": ["none", "pgd"],
                 "seeds": [0, 1],
-            },
+            }
         )
-        assert study.status_code == 202, study.text
-        for job_id, ap in zip(study.json()["jobs"], (25.0, 26.1, 35.2, 36.9), strict=False):
+        for job_id, ap in zip(study["jobs"], (25.0, 26.1, 35.2, 36.9), strict=False):
             start(live, job_id)
             finish(live, job_id, metrics=coco(ap))
     return Sample(
@@ -380,8 +374,8 @@ def seed_sample(live: LiveApi, token: str, *, steps: int = 40) -> Sample:
         running,
         queued,
         failed,
-        sweep.json()["id"],
-        study.json()["id"],
+        sweep["id"],
+        study["id"],
         steps,
     )
 
