@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -114,6 +115,16 @@ def _maintain(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from pgd_client import cli as client_cli
+
+    if os.environ.get("_PGD_COMPLETE"):  # shell completion asks the client commands
+        return client_cli.main(argv)
+    if argv and (
+        argv[0] in client_cli.COMMANDS
+        or argv[0] in ("-h", "--help")
+        or argv[0].split("=")[0] in ("--url", "--token")
+    ):
+        return client_cli.main(argv)
     if argv and argv[0] == "token":
         return _token(argv[1:])
     if argv and argv[0] == "up":

@@ -8,6 +8,7 @@ restart Redis use a private redis-server so nothing else is disturbed.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -342,12 +343,24 @@ def test_pgd_up_starts_api_and_worker_and_stops_both(tmp_path: Path):
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=url, headers=headers, timeout=10) as http:
             assert http.get("/readyz").json() == {"status": "ok"}
-            job_id = post(http, headers, tiny_spec().model_dump(mode="json"))
-            deadline = time.monotonic() + 240
-            while http.get(f"/jobs/{job_id}").json()["state"] != "succeeded":
-                assert time.monotonic() < deadline, http.get(f"/jobs/{job_id}").json()
-                time.sleep(0.5)
+            # A user's submission: the client command, following the job to its end.
+            spec_file = tmp_path / "spec.json"
+            spec_file.write_text(json.dumps(tiny_spec().model_dump(mode="json")))
+            client_env = {**env, "PGD_URL": url, "PGD_TOKEN": token, "COLUMNS": "160"}
+            followed = subprocess.run(
+                [sys.executable, "-m", "api.cli", "submit", str(spec_file), "--follow"],
+                env=client_env,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+            assert followed.returncode == 0, followed.stdout + followed.stderr
+            job_id = re.search(r"submitted (\S+)", followed.stdout).group(1)
+            assert f"job {job_id} succeeded" in followed.stdout
+            assert http.get(f"/jobs/{job_id}").json()["state"] == "succeeded"
             page = http.get("/results").json()
+            reported = re.search(r"result: AP (\S+)", followed.stdout).group(1)
+            assert reported == f"{page['items'][0]['ap']:.1f}"
             assert [row["job_id"] for row in page["items"]] == [job_id]
             # The dashboard it prints is served by the same process.
             assert "<title>pgd dashboard</title>" in http.get("/ui/").text

@@ -1,0 +1,226 @@
+"""The ``pgd`` client commands as a user runs them: a real API process, the
+commands in subprocesses (``watch`` and ``login`` in a pseudo-terminal through
+pexpect), every error path one clear line with its exit code, and what they print
+checked against the database."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+from sqlalchemy import select
+from ui_helpers import LiveApi, finish, free_port, live_api, report, start
+
+from pgd_client import Client
+from pgd_core.presets import get_preset
+from pgd_service.db.models import EvalResult, Job
+
+PGD = str(Path(sys.executable).with_name("pgd"))
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
+    with live_api(tmp_path_factory.mktemp("cli")) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def token(live: LiveApi) -> str:
+    return live.token("dev")
+
+
+@pytest.fixture
+def env(live: LiveApi, token: str, tmp_path: Path) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PGD_")}
+    return clean | {
+        "PGD_URL": live.url,
+        "PGD_TOKEN": token,
+        "PGD_CONFIG": str(tmp_path / "client.json"),
+        "COLUMNS": "160",
+    }
+
+
+def pgd(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PGD, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def queued(live: LiveApi, token: str, seed: int) -> str:
+    with Client(live.url, token) as c:
+        return c.submit(get_preset("tiny-fcos-student").model_dump(mode="json") | {"seed": seed}).id
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def test_error_paths_print_one_line_and_their_exit_code(
+    env: dict[str, str], live: LiveApi, token: str
+):
+    bad = pgd(env | {"PGD_TOKEN": "pgd_0_nope"}, "jobs")
+    assert bad.returncode == 5
+    assert (
+        one_error_line(bad)
+        == "error: invalid or revoked token (check PGD_TOKEN or run `pgd login`)"
+    )
+
+    unknown = pgd(env, "submit", "no-such-preset")
+    assert unknown.returncode == 2
+    assert one_error_line(unknown).startswith(
+        "error: no preset 'no-such-preset'; known: coco-atss-pgd"
+    )
+
+    invalid = pgd(env, "submit", "tiny-fcos-student", "--set", "schedule.lr=-1")
+    assert invalid.returncode == 2
+    assert "schedule.lr: Input should be greater than 0" in one_error_line(invalid)
+
+    down = pgd(env | {"PGD_URL": f"http://127.0.0.1:{free_port()}"}, "jobs")
+    assert down.returncode == 4
+    assert "is unreachable" in one_error_line(down)
+
+    no_token = pgd({k: v for k, v in env.items() if k != "PGD_TOKEN"}, "jobs")
+    assert no_token.returncode == 5
+    assert (
+        one_error_line(no_token)
+        == "error: no token: set PGD_TOKEN, pass --token, or run `pgd login`"
+    )
+
+    missing = pgd(env, "show", "00000000-0000-0000-0000-000000000000")
+    assert missing.returncode == 6
+    job_id = queued(live, token, 300)
+    assert pgd(env, "cancel", job_id).returncode == 0
+    again = pgd(env, "cancel", job_id)
+    assert again.returncode == 7
+    assert one_error_line(again) == f"error: job {job_id} is already cancelled"
+
+    malformed = pgd(env, "submit", "tiny-fcos-student", "--set", "noequals")
+    assert malformed.returncode == 2 and "expected key=value" in one_error_line(malformed)
+
+
+# -- reads for scripts ----------------------------------------------------------------------
+
+
+def test_json_and_csv_outputs_are_the_apis_data(env: dict[str, str], live: LiveApi, token: str):
+    job_id = queued(live, token, 301)
+    start(live, job_id)
+    finish(live, job_id, metrics={"ap": 31.125, "ap50": 48.5})
+    listed = json.loads(pgd(env, "jobs", "--json", "--limit", "5").stdout)
+    with live.session_factory() as session:
+        newest = session.scalars(
+            select(Job.id).where(Job.owner == "dev").order_by(Job.seq.desc()).limit(5)
+        ).all()
+    assert [j["id"] for j in listed["items"]] == list(newest)
+    shown = json.loads(pgd(env, "show", job_id, "--json").stdout)
+    with live.session_factory() as session:
+        stored = session.scalar(select(EvalResult.ap).where(EvalResult.job_id == job_id))
+    assert shown["job"]["state"] == "succeeded" and shown["result"]["ap"] == stored == 31.125
+    text = pgd(env, "show", job_id).stdout
+    assert "result: AP 31.1  AP50 48.5" in text
+    csv = subprocess.run([PGD, "results", "--csv"], env=env, capture_output=True, timeout=60)
+    with Client(live.url, env["PGD_TOKEN"]) as c:
+        assert csv.stdout == c.results_csv().encode()  # byte for byte (CRLF rows)
+    table = pgd(env, "results").stdout
+    assert job_id[:8] in table and "31.1" in table
+
+
+# -- watch in a terminal ----------------------------------------------------------------------
+
+
+def spawn(env: dict[str, str], *args: str) -> pexpect.spawn:
+    return pexpect.spawn(
+        PGD, list(args), env=env, encoding="utf-8", timeout=30, dimensions=(40, 160)
+    )
+
+
+def test_watch_shows_progress_and_losses_then_the_result(
+    env: dict[str, str], live: LiveApi, token: str
+):
+    job_id = queued(live, token, 302)
+    term = spawn(env, "watch", job_id)
+    term.expect("queued")
+    start(live, job_id)
+    report(live, job_id, {"loss": [1.5, 1.2, 0.9], "lr": [0.01] * 3}, 0.5)
+    term.expect(r"50%")
+    term.expect(r"it 3")
+    term.expect(r"loss 0\.900")
+    finish(live, job_id, metrics={"ap": 33.25, "ap50": 51.0})
+    term.expect(f"job {job_id} succeeded")
+    term.expect(r"result: AP 33\.2  AP50 51\.0")
+    term.expect(pexpect.EOF)
+    term.close()
+    assert term.exitstatus == 0
+
+
+def test_watch_exit_codes_follow_how_the_job_ended(env: dict[str, str], live: LiveApi, token: str):
+    failed = queued(live, token, 303)
+    start(live, failed)
+    finish(live, failed, "failed", reason="diverged", message="loss is NaN at iteration 7")
+    result = pgd(env, "watch", failed)
+    assert result.returncode == 1
+    assert f"job {failed} failed (diverged: loss is NaN at iteration 7)" in result.stdout
+    cancelled = queued(live, token, 304)
+    assert pgd(env, "cancel", cancelled).returncode == 0
+    assert pgd(env, "watch", cancelled).returncode == 3
+
+
+def test_ctrl_c_stops_watching_not_the_job(env: dict[str, str], live: LiveApi, token: str):
+    job_id = queued(live, token, 305)
+    start(live, job_id)
+    term = spawn(env, "watch", job_id)
+    term.expect("running")
+    term.sendintr()
+    term.expect(f"stopped watching; job {job_id} goes on")
+    term.expect(pexpect.EOF)
+    term.close()
+    assert term.exitstatus == 130
+    with live.session_factory() as session:
+        assert session.scalar(select(Job.state).where(Job.id == job_id)) == "running"
+
+
+def test_login_saves_a_private_config_the_commands_then_use(
+    env: dict[str, str], live: LiveApi, token: str
+):
+    bare = {k: v for k, v in env.items() if k not in ("PGD_URL", "PGD_TOKEN")}
+    term = spawn(bare, "login", "--url", live.url)
+    term.expect("Token: ")
+    term.sendline(token)
+    term.expect(f"Signed in to {live.url} as dev")
+    term.expect(pexpect.EOF)
+    term.close()
+    assert term.exitstatus == 0
+    path = Path(env["PGD_CONFIG"])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text()) == {"url": live.url, "token": token}
+    listed = pgd(bare, "jobs", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout)["items"]
+    refused = spawn(bare, "login", "--url", live.url)
+    refused.expect("Token: ")
+    refused.sendline("pgd_0_wrong")
+    refused.expect(r"error:(\x1b\[0m)? invalid or revoked token")
+    refused.expect(pexpect.EOF)
+    refused.close()
+    assert refused.exitstatus == 5
+    assert json.loads(path.read_text())["token"] == token  # unchanged
+
+
+def test_every_command_has_help_with_examples(env: dict[str, str]):
+    from pgd_client.cli import COMMANDS
+
+    for command in sorted(COMMANDS):
+        result = pgd(env, command, "--help")
+        assert result.returncode == 0, (command, result.stderr)
+        assert "Examples:" in result.stdout, command
+    script = pgd(env, "completion", "bash")
+    assert script.returncode == 0 and "_PGD_COMPLETE" in script.stdout
