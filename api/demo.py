@@ -19,15 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from api.embedded import REPO_ROOT, home_env, wait_ready
-from pgd_service.lifecycle import TERMINAL
+from pgd_client import Client, PgdError, ResultPage
 
 
-def _spec(client: httpx.Client, preset: str, iters: int, **extra: Any) -> dict[str, Any]:
-    presets = {p["name"]: p["spec"] for p in client.get("/presets").json()}
-    spec = presets[preset]
+def _spec(client: Client, preset: str, iters: int, **extra: Any) -> dict[str, Any]:
+    spec = client.preset(preset)
     spec["schedule"].update(
         max_iters=iters,
         milestones=[int(iters * 0.75)],
@@ -39,17 +36,17 @@ def _spec(client: httpx.Client, preset: str, iters: int, **extra: Any) -> dict[s
     return spec
 
 
-def _post(client: httpx.Client, spec: dict[str, Any], label: str) -> str:
-    response = client.post("/jobs", json=spec)
-    if response.status_code != 202:
-        raise RuntimeError(f"POST /jobs ({label}) -> {response.status_code}: {response.text}")
-    job = response.json()
-    print(f"  queued {label:<24} job {job['id']}", flush=True)
-    return job["id"]
+def _post(client: Client, spec: dict[str, Any], label: str) -> str:
+    try:
+        job = client.submit(spec)
+    except PgdError as exc:
+        raise RuntimeError(f"POST /jobs ({label}): {exc}") from None
+    print(f"  queued {label:<24} job {job.id}", flush=True)
+    return job.id
 
 
 def _wait(
-    client: httpx.Client,
+    client: Client,
     jobs: dict[str, str],
     until: list[str],
     timeout: float,
@@ -61,15 +58,15 @@ def _wait(
     while True:
         done = True
         for label, job_id in jobs.items():
-            job = client.get(f"/jobs/{job_id}").json()
-            now = (job["state"], int(job["progress"] * 10) * 10)  # 10 % steps
+            job = client.job(job_id)
+            now = (job.state, int(job.progress * 10) * 10)  # 10 % steps
             if seen.get(label) != now:
                 seen[label] = now
                 print(f"  {label:<24} {now[0]:<10} {now[1]:>3}%", flush=True)
-            if job_id in until and job["state"] not in TERMINAL:
+            if job_id in until and not job.finished:
                 done = False
-            if job["state"] == "failed":
-                raise RuntimeError(f"{label} failed ({job['reason']}): {job['message']}")
+            if job.state == "failed":
+                raise RuntimeError(f"{label} failed ({job.reason}): {job.message}")
         if done:
             return
         if time.monotonic() > deadline:
@@ -99,7 +96,7 @@ def print_leaderboard(rows: list[dict[str, Any]], labels: dict[str, str]) -> Non
 
 
 @contextlib.contextmanager
-def embedded_stack(home: Path, port: int, timeout: float = 120) -> Iterator[httpx.Client]:
+def embedded_stack(home: Path, port: int, timeout: float = 120) -> Iterator[Client]:
     """``pgd up`` in ``home`` (its log in ``home/up.log``) and a client with its token;
     the stack is stopped (SIGINT, then SIGKILL after a minute) on the way out."""
     env = home_env(home)
@@ -124,8 +121,7 @@ def embedded_stack(home: Path, port: int, timeout: float = 120) -> Iterator[http
     )
     try:
         wait_ready(url, timeout=timeout)
-        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
-        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        with Client(url, token_file.read_text().strip()) as client:
             yield client
     finally:
         server.send_signal(signal.SIGINT)
@@ -149,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     print("2/4 starting the embedded stack (API + one Celery worker)", flush=True)
     try:
         with embedded_stack(home, args.port) as client:
-            url = str(client.base_url).rstrip("/")
+            url = client.url
             print(f"    API at {url}, logs in {home}", flush=True)
             print("3/4 training through the API", flush=True)
             jobs = {
@@ -170,12 +166,14 @@ def run(args: argparse.Namespace) -> int:
             jobs["PGD student (R-18)"] = _post(client, pgd, "PGD student (R-18)")
             _wait(client, jobs, list(jobs.values()), args.timeout, seen)
             print("4/4 leaderboard (GET /results?dataset=shapes, AP in percent)\n", flush=True)
-            page = client.get("/results", params={"dataset": "shapes", "sort": "-ap"}).json()
+            page = client.results(dataset="shapes", sort="-ap")
+            assert isinstance(page, ResultPage)
             labels = {job_id: label for label, job_id in jobs.items()}
-            print_leaderboard([r for r in page["items"] if r["job_id"] in labels], labels)
+            rows = [r.model_dump(mode="json") for r in page.items if r.job_id in labels]
+            print_leaderboard(rows, labels)
             print(f"\nPR curves: {url}/jobs/{jobs['PGD student (R-18)']}/artifacts")
         return 0
-    except (RuntimeError, TimeoutError) as exc:
+    except (RuntimeError, TimeoutError, PgdError) as exc:
         print(f"demo failed: {exc}\n(see {home / 'up.log'} and {home / 'work'})", file=sys.stderr)
         return 1
 

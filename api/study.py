@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from api.demo import embedded_stack
+from pgd_client import Client, PgdError
 from pgd_core.presets import PAPER_HYPER
 from pgd_core.spec import DETECTORS, METHODS
 
@@ -41,9 +40,9 @@ def _schedule(spec: dict[str, Any], iters: int) -> None:
     )
 
 
-def study_body(client: httpx.Client, args: argparse.Namespace) -> dict[str, Any]:
+def study_body(client: Client, args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /studies`` body the arguments ask for, from the tiny presets."""
-    presets = {p["name"]: p["spec"] for p in client.get("/presets").json()}
+    presets = client.presets()
     teacher = presets[f"tiny-{args.detector}-teacher"]
     student = presets[f"tiny-{args.detector}-pgd"]
     teacher["student"].update(depth=args.teacher_depth, base_channels=args.teacher_width)
@@ -99,12 +98,12 @@ def format_table(rows: list[dict[str, Any]], metric: str = "ap") -> str:
     return "\n".join(lines)
 
 
-def follow(client: httpx.Client, study_id: str, timeout: float) -> dict[str, Any]:
+def follow(client: Client, study_id: str, timeout: float) -> dict[str, Any]:
     """Poll the study, printing each job's state when it changes, until every job ends."""
     deadline = time.monotonic() + timeout
     seen: dict[str, str] = {}
     while True:
-        study = client.get(f"/studies/{study_id}").json()
+        study = client.study(study_id)
         for job in study["jobs"]:
             label = f"{job['role']} {job['method']} seed {job['seed']}"
             if seen.get(job["id"]) != job["state"]:
@@ -116,6 +115,12 @@ def follow(client: httpx.Client, study_id: str, timeout: float) -> dict[str, Any
         if time.monotonic() > deadline:
             raise TimeoutError(f"study {study_id} not finished after {timeout:.0f} s")
         time.sleep(2.0)
+
+
+def _results(client: Client, study_id: str) -> list[dict[str, Any]]:
+    """The study's leaderboard rows, as the API's JSON."""
+    page = client.results(study=study_id, limit=500)
+    return [row if isinstance(row, dict) else row.model_dump(mode="json") for row in page.items]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,40 +146,30 @@ def run(args: argparse.Namespace) -> int:
     try:
         with embedded_stack(home, args.port) as client:
             body = study_body(client, args)
-            response = client.post("/studies", json=body)
-            if response.status_code != 202:
-                raise RuntimeError(f"POST /studies -> {response.status_code}: {response.text}")
-            study_id = response.json()["id"]
-            print(f"study {study_id}: {len(response.json()['jobs'])} jobs", flush=True)
+            created = client.submit_study(body)
+            study_id = created["id"]
+            print(f"study {study_id}: {len(created['jobs'])} jobs", flush=True)
             alpha_studies = []
             for alpha in args.extra_alphas:
                 extra = dict(body, name=f"{args.name or 'study'} alpha={alpha:g}")
-                extra.update(teacher=None, teacher_ref=response.json()["teacher_job_id"])
+                extra.update(teacher=None, teacher_ref=created["teacher_job_id"])
                 extra["student"] = dict(body["student"])
                 extra["student"]["distill"] = dict(body["student"]["distill"], alpha=alpha)
                 extra["methods"] = args.extra_alpha_methods
-                posted = client.post("/studies", json=extra)
-                if posted.status_code != 202:
-                    raise RuntimeError(f"POST /studies -> {posted.status_code}: {posted.text}")
-                alpha_studies.append((alpha, posted.json()["id"]))
+                alpha_studies.append((alpha, client.submit_study(extra)["id"]))
             study = follow(client, study_id, args.timeout)
-            chart = client.get(f"/studies/{study_id}/chart.png", params={"metric": "ap"})
-            chart.raise_for_status()
-            study["results"] = client.get(
-                "/results", params={"study": study_id, "limit": 500}
-            ).json()["items"]
+            chart = client.study_chart(study_id, metric="ap")
+            study["results"] = _results(client, study_id)
             study["alpha_studies"] = []
             for alpha, extra_id in alpha_studies:
                 done = follow(client, extra_id, args.timeout)
                 done["alpha"] = alpha
-                done["results"] = client.get(
-                    "/results", params={"study": extra_id, "limit": 500}
-                ).json()["items"]
+                done["results"] = _results(client, extra_id)
                 study["alpha_studies"].append(done)
         out = args.out or home
         out.mkdir(parents=True, exist_ok=True)
         (out / "study.json").write_text(json.dumps(study, indent=2, sort_keys=True))
-        (out / "study.png").write_bytes(chart.content)
+        (out / "study.png").write_bytes(chart)
         print(f"\n{format_table(study['table'])}\n")
         for extra in study["alpha_studies"]:
             print(f"alpha = {extra['alpha']:g} (same teacher, same seeds):")
@@ -191,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{len(failed)} jobs did not succeed", file=sys.stderr)
             return 1
         return 0
-    except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
+    except (RuntimeError, TimeoutError, PgdError) as exc:
         print(f"study failed: {exc}\n(see {home / 'up.log'} and {home / 'work'})", file=sys.stderr)
         return 1
 

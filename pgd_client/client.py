@@ -299,6 +299,11 @@ class Client:
     def study(self, study_id: str) -> dict[str, Any]:
         return self._get(f"/studies/{study_id}")
 
+    def study_chart(self, study_id: str, *, metric: str = "ap") -> bytes:
+        """The study's bar chart (PNG): mean per method, one-sd bars, the teacher's line."""
+        path = f"/studies/{study_id}/chart.png"
+        return self._send("GET", path, retry=True, params={"metric": metric}).content
+
 
 def _problem(response: httpx.Response) -> ProblemError:
     try:
