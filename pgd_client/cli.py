@@ -179,6 +179,18 @@ def submit(
 ) -> None:
     """Submit a job from a preset (or a JSON spec file) with overrides."""
     client = obj.client()
+    spec = _spec_from(client, preset_or_file, sets)
+    job = client.submit(spec)
+    if as_json:
+        _dump(job)
+    else:
+        out.print(f"submitted {job.id} ({job.kind} {job.detector} {job.method}, {job.state})")
+    if follow:
+        raise SystemExit(_watch(client, job.id, quiet=as_json))
+
+
+def _spec_from(client: Client, preset_or_file: str, sets: tuple[str, ...]) -> dict[str, Any]:
+    """A preset's spec (or a JSON spec file's) with the ``--set`` overrides applied."""
     path = Path(preset_or_file)
     if path.suffix == ".json" or path.is_file():
         try:
@@ -194,13 +206,83 @@ def submit(
             fail(str(exc.args[0]), BAD_REQUEST)
     for assignment in sets:
         _set(spec, assignment)
-    job = client.submit(spec)
+    return spec
+
+
+def _grid(items: tuple[str, ...]) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        path, sep, raw = item.partition("=")
+        if not sep or not path or not raw:
+            fail(f"--grid {item!r}: expected path=v1,v2 (e.g. seed=0,1,2)", BAD_REQUEST)
+        values = []
+        for part in raw.split(","):
+            try:
+                values.append(json.loads(part))
+            except ValueError:
+                values.append(part)
+        grid[path] = values
+    if not grid:
+        fail("give at least one --grid path=v1,v2", BAD_REQUEST)
+    return grid
+
+
+@cli.command(
+    epilog="\b\nExamples:\n"
+    "  pgd sweep tiny-fcos-pgd --set teacher_ref=<job> --grid distill.alpha=0.002,0.004 "
+    "--grid seed=0,1 --follow\n"
+    "  pgd sweep spec.json --grid seed=0,1,2 --json"
+)
+@click.argument("preset_or_file")
+@click.option(
+    "--grid", "grids", multiple=True, metavar="PATH=V1,V2", help="A field and its values."
+)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a base field.")
+@click.option("--follow", is_flag=True, help="Show progress until every job ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print the created sweep as JSON.")
+@click.pass_obj
+@api_call
+def sweep(
+    obj: Ctx,
+    preset_or_file: str,
+    grids: tuple[str, ...],
+    sets: tuple[str, ...],
+    follow: bool,
+    as_json: bool,
+) -> None:
+    """Submit one job per point of a grid over a spec (every point validated first).
+    With --follow, exits 0 if every job succeeded, 1 if any failed, 3 if any was cancelled."""
+    client = obj.client()
+    grid = _grid(grids)
+    created = client.submit_sweep(_spec_from(client, preset_or_file, sets), grid)
     if as_json:
-        _dump(job)
+        _dump(created)
     else:
-        out.print(f"submitted {job.id} ({job.kind} {job.detector} {job.method}, {job.state})")
-    if follow:
-        raise SystemExit(_watch(client, job.id, quiet=as_json))
+        out.print(f"sweep {created['id']}: {len(created['jobs'])} jobs queued")
+    if not follow:
+        return
+    console = err if as_json else out
+    with Progress(
+        TextColumn("[bold]sweep"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[counts]}"),
+        console=console,
+    ) as progress:
+        task = progress.add_task("sweep", total=1000, counts="")
+        while True:
+            state = client.sweep(created["id"])
+            counts = {k: v for k, v in state["states"].items() if v}
+            progress.update(
+                task,
+                completed=round(1000 * state["progress"]),
+                counts=", ".join(f"{n} {s}" for s, n in counts.items()),
+            )
+            if all(s in ("succeeded", "failed", "cancelled") for s in counts):
+                break
+            time.sleep(2)
+    console.print(f"sweep {created['id']}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    raise SystemExit(FAILED if "failed" in counts else CANCELLED if "cancelled" in counts else OK)
 
 
 # -- reading ----------------------------------------------------------------------------

@@ -224,3 +224,46 @@ def test_every_command_has_help_with_examples(env: dict[str, str]):
         assert "Examples:" in result.stdout, command
     script = pgd(env, "completion", "bash")
     assert script.returncode == 0 and "_PGD_COMPLETE" in script.stdout
+
+
+def test_sweep_queues_the_grid_and_follows_it_to_its_outcome(
+    env: dict[str, str], live: LiveApi, token: str
+):
+    import threading
+
+    result = pgd(env, "sweep", "tiny-fcos-student", "--grid", "seed=400,401", "--json")
+    assert result.returncode == 0, result.stderr
+    created = json.loads(result.stdout)
+    with live.session_factory() as session:
+        seeds = session.scalars(select(Job.seed).where(Job.sweep_id == created["id"])).all()
+    assert sorted(seeds) == [400, 401] and len(created["jobs"]) == 2
+
+    bad = pgd(env, "sweep", "tiny-fcos-student", "--grid", "schedule.nope=1,2")
+    assert bad.returncode == 2
+    assert "schedule.nope" in one_error_line(bad)
+
+    # --follow ends with the sweep: one job fails, so the exit code says so.
+    followed = subprocess.Popen(
+        [PGD, "sweep", "tiny-fcos-student", "--grid", "seed=402,403", "--follow"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert followed.stdout is not None
+    first = followed.stdout.readline()
+    sweep_id = first.split()[1].rstrip(":")
+    with live.session_factory() as session:
+        jobs = session.scalars(
+            select(Job.id).where(Job.sweep_id == sweep_id).order_by(Job.seq)
+        ).all()
+
+    def work() -> None:
+        for job_id, outcome in zip(jobs, ("succeeded", "failed"), strict=True):
+            start(live, job_id)
+            finish(live, job_id, outcome, metrics={"ap": 20.0} if outcome == "succeeded" else None)
+
+    threading.Thread(target=work).start()
+    rest, _ = followed.communicate(timeout=60)
+    assert followed.returncode == 1
+    assert f"sweep {sweep_id}: 1 succeeded, 1 failed" in rest
