@@ -29,7 +29,7 @@ from rich.table import Table
 from pgd_client.client import Client
 from pgd_client.config import load_config, save_config
 from pgd_client.errors import PgdError, ProblemError, Unreachable
-from pgd_client.models import Job
+from pgd_client.models import TERMINAL_STATES, Job
 
 OK, FAILED, BAD_REQUEST, CANCELLED, UNREACHABLE, UNAUTHORIZED, NOT_FOUND, CONFLICT = range(8)
 INTERRUPTED = 130
@@ -278,7 +278,7 @@ def sweep(
                 completed=round(1000 * state["progress"]),
                 counts=", ".join(f"{n} {s}" for s, n in counts.items()),
             )
-            if all(s in ("succeeded", "failed", "cancelled") for s in counts):
+            if all(s in TERMINAL_STATES for s in counts):
                 break
             time.sleep(2)
     console.print(f"sweep {created['id']}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))

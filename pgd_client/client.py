@@ -28,6 +28,7 @@ import httpx
 from pgd_client.config import load_config
 from pgd_client.errors import ProblemError, Unreachable
 from pgd_client.models import (
+    TERMINAL_STATES,
     Artifact,
     Event,
     GroupPage,
@@ -225,11 +226,7 @@ class Client:
                         failures = 0
                         if event.id:
                             last_event_id = event.id
-                        if event.event == "state" and event.data.get("state") in (
-                            "succeeded",
-                            "failed",
-                            "cancelled",
-                        ):
+                        if event.event == "state" and event.data.get("state") in TERMINAL_STATES:
                             finished = True
                         yield event
             except (httpx.TransportError, httpx.StreamError) as exc:

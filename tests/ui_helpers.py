@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.orm import Session, sessionmaker
+from worker_helpers import free_port
 
 from api.auth import store_token
+from api.embedded import migrate
 from pgd_client import Client
 from pgd_core.data.synthetic_shapes import make_coco_shapes
 from pgd_core.presets import get_preset
@@ -51,12 +50,6 @@ def browser_missing() -> str | None:
     if not any(shutil.which(name) for name in DRIVER_CANDIDATES):
         return "no chromedriver (apt-get install chromium-driver; .ci/run installs it)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -85,13 +78,6 @@ class LiveApi:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-def migrate(database_url: str) -> None:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    config.attributes["configure_logger"] = False
-    command.upgrade(config, "head")
 
 
 def api_env(database_url: str, broker_url: str, root: Path, **extra: str) -> dict[str, str]:

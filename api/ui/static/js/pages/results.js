@@ -5,11 +5,10 @@
 import { get, query, request } from "../api.js";
 import { gapChart } from "../charts.js";
 import { DETECTORS, KINDS, METHODS, SORT_KEYS } from "../catalog.js";
-import { delta, fill, h, problemBox, saveText, short } from "../dom.js";
+import { delta, fill, h, pct, problemBox, saveText, short } from "../dom.js";
 
 const PAGE = 50;
 const pm = (mean, sd) => (mean == null ? "–" : `${mean.toFixed(1)}${sd == null ? "" : ` ± ${sd.toFixed(1)}`}`);
-const val = (v) => (v == null ? "–" : v === -1 ? "n/a" : v.toFixed(1));
 
 export async function render(main, _params, q) {
   const state = {
@@ -85,8 +84,8 @@ export async function render(main, _params, q) {
       h("tbody", {}, items.map((r) => h("tr", { "data-job": r.job_id },
         h("td", {}, h("a", { class: "mono", href: `#/jobs/${r.job_id}` }, short(r.job_id))),
         h("td", { class: "opt" }, r.kind), h("td", { class: "opt" }, r.detector), h("td", { class: "ellipsis opt", title: r.dataset }, r.dataset), h("td", {}, r.method),
-        metrics.map((m) => h("td", { class: "num", "data-metric": m }, val(r[m]))),
-        h("td", { class: "num" }, val(r[`teacher_${gap}`])), h("td", { class: "num" }, val(r[`baseline_${gap}`])),
+        metrics.map((m) => h("td", { class: "num", "data-metric": m }, pct(r[m]))),
+        h("td", { class: "num" }, pct(r[`teacher_${gap}`])), h("td", { class: "num" }, pct(r[`baseline_${gap}`])),
         h("td", { class: `num ${signClass(r[`delta_${gap}_vs_baseline`], gap)}` }, delta(r[`delta_${gap}_vs_baseline`])),
         h("td", { class: `num ${signClass(r[`delta_${gap}_vs_teacher`], gap)}` }, delta(r[`delta_${gap}_vs_teacher`])))))));
   }
@@ -102,7 +101,7 @@ export async function render(main, _params, q) {
         h("td", { class: "num" }, String(g.n)), h("td", { class: "small" }, g.seeds.join(", ")),
         h("td", { class: "num", "data-metric": "ap" }, pm(g.ap_mean, g.ap_sd)),
         h("td", { class: "num small" }, g.ap_ci95_low == null ? "–" : `${g.ap_ci95_low.toFixed(1)}–${g.ap_ci95_high.toFixed(1)}`),
-        h("td", { class: "num" }, val(g.teacher_ap)), h("td", { class: "num" }, val(g.baseline_ap_mean)),
+        h("td", { class: "num" }, pct(g.teacher_ap)), h("td", { class: "num" }, pct(g.baseline_ap_mean)),
         h("td", { class: `num ${signClass(g.delta_ap_mean, "ap")}` }, g.delta_ap_mean == null ? "–" : `${delta(g.delta_ap_mean)}${g.delta_ap_sd == null ? "" : ` ± ${g.delta_ap_sd.toFixed(1)}`} (n=${g.delta_ap_n})`),
         h("td", { class: "num" }, g.gap_recovered_ap == null ? "–" : `${(100 * g.gap_recovered_ap).toFixed(0)} %`))))));
   }
