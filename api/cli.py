@@ -12,6 +12,7 @@ import argparse
 import getpass
 import os
 import sys
+from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -19,35 +20,125 @@ from pgd_service.settings import Settings
 
 
 def _token_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pgd token", description="manage API tokens")
+    parser = argparse.ArgumentParser(
+        prog="pgd token",
+        description="manage API tokens directly in the database (on the server; no token "
+        "needed). With a token, `pgd tokens` does the same through the API.",
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("create", help="create a token and print it (shown only once)")
     p.add_argument("--owner", help="who the token's jobs belong to (default: your user name)")
     p.add_argument("--admin", action="store_true", help="may see, cancel and retry every job")
+    p.add_argument("--name", help="what the token is for (shown by `pgd token list`)")
+    p.add_argument(
+        "--expires-in-days", type=float, default=None, help="refused after this (default: never)"
+    )
+    p = sub.add_parser("list", help="every token (never its secret)")
+    p.add_argument("--all", action="store_true", help="also revoked tokens")
+    p = sub.add_parser("revoke", help="revoke a token by its id")
+    p.add_argument("token_id", type=int)
     return parser
 
 
-def _token_create(owner: str, is_admin: bool) -> int:
-    from sqlalchemy.engine import make_url
-
-    from api.auth import store_token
-
+def _settings_or_none() -> Settings | None:
     try:
-        settings = Settings()
+        return Settings()
     except ValueError as exc:
         print(f"error: invalid settings: {exc}", file=sys.stderr)
+        return None
+
+
+def _db_error(database_url: str, exc: SQLAlchemyError) -> int:
+    from sqlalchemy.engine import make_url
+
+    where = make_url(database_url).render_as_string(hide_password=True)
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    print(
+        f"error: cannot use the tokens in {where}: {reason}\n"
+        "(is the database reachable and migrated? run `alembic upgrade head`)",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _token_list(with_revoked: bool) -> int:
+    from sqlalchemy import select
+
+    from pgd_service.db.models import ApiToken
+    from pgd_service.db.session import make_engine, make_session_factory
+
+    settings = _settings_or_none()
+    if settings is None:
         return 2
-    where = make_url(settings.database_url).render_as_string(hide_password=True)
+    engine = make_engine(settings.database_url)
     try:
-        token = store_token(settings.database_url, owner=owner, is_admin=is_admin)
+        with make_session_factory(engine)() as session:
+            query = select(ApiToken).order_by(ApiToken.id)
+            if not with_revoked:
+                query = query.where(ApiToken.revoked_at.is_(None))
+            rows = session.scalars(query).all()
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return _db_error(settings.database_url, exc)
+    finally:
+        engine.dispose()
+
+    def when(value: object) -> str:
+        return "-" if value is None else f"{value:%Y-%m-%d %H:%M}"
+
+    print(f"{'id':>5}  {'owner':<20} {'name':<16} admin  {'last used':<16} {'expires':<16} state")
+    for t in rows:
+        expired = t.expires_at is not None and t.expires_at <= datetime.now(UTC)
+        state = "revoked" if t.revoked_at else "expired" if expired else "active"
+        expires = when(t.expires_at) if t.expires_at else "never"
         print(
-            f"error: cannot store the token in {where}: {reason}\n"
-            "(is the database reachable and migrated? run `alembic upgrade head`)",
-            file=sys.stderr,
+            f"{t.id:>5}  {t.owner:<20} {t.name or '':<16} {'yes' if t.is_admin else '':<5}  "
+            f"{when(t.last_used_at):<16} {expires:<16} {state}"
         )
+    return 0
+
+
+def _token_revoke(token_id: int) -> int:
+    from pgd_service.db.models import ApiToken
+    from pgd_service.db.session import make_engine, make_session_factory
+    from pgd_service.db.types import utcnow
+
+    settings = _settings_or_none()
+    if settings is None:
         return 2
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            row = session.get(ApiToken, token_id) if 0 < token_id < 2**63 else None
+            if row is None:
+                print(f"error: no token {token_id} (see `pgd token list`)", file=sys.stderr)
+                return 6
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+                session.commit()
+            print(f"token {row.id} ({row.owner}) revoked at {row.revoked_at:%Y-%m-%d %H:%M:%S}")
+    except SQLAlchemyError as exc:
+        return _db_error(settings.database_url, exc)
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _token_create(owner: str, is_admin: bool, name: str | None, days: float | None) -> int:
+    from datetime import timedelta
+
+    from api.auth import store_token
+    from pgd_service.db.types import utcnow
+
+    settings = _settings_or_none()
+    if settings is None:
+        return 2
+    expires_at = None if days is None else utcnow() + timedelta(days=days)
+    try:
+        token = store_token(
+            settings.database_url, owner=owner, is_admin=is_admin, name=name, expires_at=expires_at
+        )
+    except SQLAlchemyError as exc:
+        return _db_error(settings.database_url, exc)
     # Only the token on stdout, so that `TOKEN=$(pgd token create)` works.
     print(token)
     return 0
@@ -55,11 +146,22 @@ def _token_create(owner: str, is_admin: bool) -> int:
 
 def _token(argv: list[str]) -> int:
     args = _token_parser().parse_args(argv)
+    if args.action == "list":
+        return _token_list(args.all)
+    if args.action == "revoke":
+        return _token_revoke(args.token_id)
     owner = args.owner if args.owner is not None else getpass.getuser()
     if not owner.strip() or len(owner) > 128:
         print("error: --owner must be 1 to 128 characters", file=sys.stderr)
         return 2
-    return _token_create(owner, args.admin)
+    if args.name is not None and (not args.name.strip() or len(args.name) > 128):
+        print("error: --name must be 1 to 128 characters", file=sys.stderr)
+        return 2
+    days = args.expires_in_days
+    if days is not None and not 0 < days <= 366:
+        print("error: --expires-in-days must be above 0 and at most 366", file=sys.stderr)
+        return 2
+    return _token_create(owner, args.admin, args.name, days)
 
 
 def _worker(argv: list[str]) -> int:
@@ -119,6 +221,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if os.environ.get("_PGD_COMPLETE"):  # shell completion asks the client commands
         return client_cli.main(argv)
+    if (
+        argv[:1] == ["study"]
+        and len(argv) > 1
+        and argv[1].startswith("-")
+        and argv[1]
+        not in (
+            "-h",
+            "--help",
+        )
+    ):
+        argv.insert(1, "run")  # `pgd study --detector ...`: the runner, as before `study submit`
     if argv and (
         argv[0] in client_cli.COMMANDS
         or argv[0] in ("-h", "--help")
@@ -135,10 +248,6 @@ def main(argv: list[str] | None = None) -> int:
         from api.demo import main as demo
 
         return demo(argv[1:])
-    if argv and argv[0] == "study":
-        from api.study import main as study
-
-        return study(argv[1:])
     if argv and argv[0] == "worker":
         return _worker(argv[1:])
     if argv and argv[0] == "maintain":

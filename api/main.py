@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api import observability as request_metrics
 from api import ui
 from api.problems import install_problem_handlers
-from api.routes import job_data, jobs, meta, observability, results, studies, sweeps
+from api.routes import job_data, jobs, meta, observability, results, studies, sweeps, tokens
 from api.services.results import PageCache
 from pgd_service.db.session import make_engine, make_session_factory
 from pgd_service.maintenance import MaintenanceThread
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(results.router)
     app.include_router(sweeps.router)
     app.include_router(studies.router)
+    app.include_router(tokens.router)
     app.include_router(observability.router)
     ui.install(app)
     request_metrics.install(app)

@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pgd study", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="pgd study run", description=__doc__.splitlines()[0])
     p.add_argument("--detector", choices=DETECTORS, default="fcos")
     p.add_argument(
         "--methods",

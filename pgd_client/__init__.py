@@ -8,6 +8,7 @@ from pgd_client.errors import PgdError, ProblemError, Unreachable
 from pgd_client.models import (
     TERMINAL_STATES,
     Artifact,
+    CreatedToken,
     Event,
     GroupPage,
     Job,
@@ -15,6 +16,7 @@ from pgd_client.models import (
     MetricPoint,
     ResultPage,
     ResultRow,
+    Token,
 )
 
 __all__ = [
@@ -30,5 +32,7 @@ __all__ = [
     "ProblemError",
     "ResultPage",
     "ResultRow",
+    "Token",
+    "CreatedToken",
     "Unreachable",
 ]

@@ -29,7 +29,7 @@ from rich.table import Table
 from pgd_client.client import Client
 from pgd_client.config import load_config, save_config
 from pgd_client.errors import PgdError, ProblemError, Unreachable
-from pgd_client.models import TERMINAL_STATES, Job
+from pgd_client.models import TERMINAL_STATES, Job, ResultRow
 
 OK, FAILED, BAD_REQUEST, CANCELLED, UNREACHABLE, UNAUTHORIZED, NOT_FOUND, CONFLICT = range(8)
 INTERRUPTED = 130
@@ -60,7 +60,7 @@ def describe(exc: PgdError) -> str:
     if isinstance(exc, ProblemError) and exc.errors:
         fields = "; ".join(f"{e.get('field') or 'body'}: {e.get('message')}" for e in exc.errors)
         return f"{exc.detail} ({fields})"
-    if isinstance(exc, ProblemError) and exc.status in (401, 403):
+    if isinstance(exc, ProblemError) and exc.status == 401:
         return f"{exc.detail} (check PGD_TOKEN or run `pgd login`)"
     if isinstance(exc, ProblemError):
         return exc.detail
@@ -262,27 +262,46 @@ def sweep(
     if not follow:
         return
     console = err if as_json else out
-    with Progress(
-        TextColumn("[bold]sweep"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[counts]}"),
-        console=console,
-    ) as progress:
-        task = progress.add_task("sweep", total=1000, counts="")
-        while True:
-            state = client.sweep(created["id"])
-            counts = {k: v for k, v in state["states"].items() if v}
-            progress.update(
-                task,
-                completed=round(1000 * state["progress"]),
-                counts=", ".join(f"{n} {s}" for s, n in counts.items()),
-            )
-            if all(s in TERMINAL_STATES for s in counts):
-                break
-            time.sleep(2)
-    console.print(f"sweep {created['id']}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    raise SystemExit(FAILED if "failed" in counts else CANCELLED if "cancelled" in counts else OK)
+    _, code = _follow_many("sweep", created["id"], lambda: client.sweep(created["id"]), console)
+    raise SystemExit(code)
+
+
+def _follow_many(
+    label: str, ident: str, poll: Callable[[], dict[str, Any]], console: Console
+) -> tuple[dict[str, Any], int]:
+    """Poll a sweep or a study (``states``, ``progress``) with a progress bar until
+    every job has ended; its last state and the exit code of its outcome: 1 if any
+    job failed, 3 if any was cancelled, else 0. Ctrl-C stops following, not the jobs."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with Progress(
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[counts]}"),
+            console=console,
+        ) as progress:
+            task = progress.add_task(label, total=1000, counts="")
+            while True:
+                state = poll()
+                counts = {k: v for k, v in state["states"].items() if v}
+                progress.update(
+                    task,
+                    completed=round(1000 * state["progress"]),
+                    counts=", ".join(f"{n} {s}" for s, n in counts.items()),
+                )
+                if all(s in TERMINAL_STATES for s in counts):
+                    break
+                time.sleep(2)
+    except KeyboardInterrupt:
+        console.print(f"stopped following; {label} {ident} goes on")
+        raise SystemExit(INTERRUPTED) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    console.print(f"{label} {ident}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    code = FAILED if "failed" in counts else CANCELLED if "cancelled" in counts else OK
+    return state, code
 
 
 # -- reading ----------------------------------------------------------------------------
@@ -639,8 +658,12 @@ def results(
             "teacher AP",
             "baseline AP",
             "Δ vs baseline",
+            "params",
+            "GFLOPs",
+            "latency",
+            "vs teacher",
         ):
-            table.add_column(column)
+            table.add_column(column, justify="left" if column in _TEXT_COLUMNS else "right")
         for r in page.items:
             assert not isinstance(r, dict)
 
@@ -658,8 +681,419 @@ def results(
                 f(r.teacher_ap),
                 f(r.baseline_ap),
                 "–" if delta is None else f"{delta:+.1f}",
+                "–" if r.params is None else f"{r.params / 1e6:.2f} M",
+                "–" if r.flops is None else f"{r.flops / 1e9:.2f}",
+                "–" if r.latency_ms is None else f"{r.latency_ms:.1f} ms",
+                _versus_teacher(r),
             )
     out.print(table)
+    if not group and any(r.latency_ms is not None for r in page.items):  # type: ignore[union-attr]
+        places = sorted({r.device for r in page.items if r.device})  # type: ignore[union-attr]
+        err.print("latency: median of batch-1 forwards on " + "; ".join(places))
+
+
+_COST_UNITS = {
+    "latency_ms": ("latency (ms)", 1.0, 1),
+    "flops": ("GFLOPs", 1e9, 2),
+    "params": ("params (M)", 1e6, 2),
+    "peak_memory_mb": ("peak memory (MiB)", 1.0, 0),
+}
+
+
+@cli.command(
+    epilog="\b\nExamples:\n  pgd pareto --detector fcos --dataset coco\n"
+    "  pgd pareto --detector gfl --dataset crowdhuman --cost flops --metric mr\n"
+    "  pgd pareto --detector fcos --dataset coco --all --json"
+)
+@click.option("--detector", required=True)
+@click.option("--dataset", required=True)
+@click.option(
+    "--cost", type=click.Choice(list(_COST_UNITS)), default="latency_ms", show_default=True
+)
+@click.option(
+    "--metric", default="ap", show_default=True, help="ap, ap50, ... or mr (lower is better)."
+)
+@click.option(
+    "--device", help="Only results measured there (latencies of two machines do not compare)."
+)
+@click.option("--all", "show_all", is_flag=True, help="Every measured result, not only the front.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@api_call
+def pareto(
+    obj: Ctx,
+    detector: str,
+    dataset: str,
+    cost: str,
+    metric: str,
+    device: str | None,
+    show_all: bool,
+    as_json: bool,
+) -> None:
+    """The accuracy/cost Pareto front: the results no other result beats on both
+    accuracy and cost, cheapest first."""
+    body = obj.client().pareto(detector, dataset, cost=cost, metric=metric, device=device)
+    if as_json:
+        _dump(body)
+        return
+    if not body["points"]:
+        out.print(f"no measured result of {detector} on {dataset}")
+        return
+    label, scale, digits = _COST_UNITS[cost]
+    points = body["points"] if show_all else [p for p in body["points"] if p["on_front"]]
+    points = sorted(points, key=lambda p: (p["cost"], p["result_id"]))
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("job", "kind", "method", label, metric.upper(), "front", "device"):
+        table.add_column(column, justify="right" if column in (label, metric.upper()) else "left")
+    for p in points:
+        table.add_row(
+            p["job_id"][:8],
+            p["kind"],
+            p["method"],
+            f"{p['cost'] / scale:.{digits}f}",
+            f"{p['metric']:.{3 if metric in ('mr', 'ji') else 1}f}",
+            "●" if p["on_front"] else "",
+            p["device"] or "–",
+        )
+    out.print(table)
+    better = "lower" if body["lower_is_better"] else "higher"
+    err.print(
+        f"{len(body['front'])} of {len(body['points'])} results on the front "
+        f"({better} {metric.upper()} is better)"
+    )
+    if cost == "latency_ms" and device is None and len(body["devices"]) > 1:
+        err.print(f"latencies from {len(body['devices'])} devices: pick one with --device")
+
+
+# -- studies ----------------------------------------------------------------------------
+
+
+_TEXT_COLUMNS = ("job", "detector", "dataset", "method", "vs teacher")
+
+
+def _versus_teacher(r: ResultRow) -> str:
+    """``0.42x FLOPs, 2.1x faster, -1.3 AP``: what a distilled row keeps of its teacher
+    for how much less."""
+    parts = []
+    if r.flops_ratio_vs_teacher is not None:
+        parts.append(f"{r.flops_ratio_vs_teacher:.2f}x FLOPs")
+    if r.speedup_vs_teacher is not None:
+        parts.append(f"{r.speedup_vs_teacher:.1f}x faster")
+    if r.delta_ap_vs_teacher is not None:
+        parts.append(f"{r.delta_ap_vs_teacher:+.1f} AP")
+    return ", ".join(parts) or "–"
+
+
+def _csv_list(kind: type, text: str, option: str) -> list[Any]:
+    try:
+        values = [kind(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        fail(f"{option} {text!r}: expected a comma-separated list", BAD_REQUEST)
+    if not values:
+        fail(f"{option}: give at least one value", BAD_REQUEST)
+    return values
+
+
+def _fmt(value: float | None, digits: int = 1, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _study_table(rows: list[dict[str, Any]], metric: str = "ap") -> Table:
+    """A study's grouped rows: mean +- sd over seeds, the 95 % interval, the paired
+    delta against the same-seed no-KD student and the teacher-student gap recovered."""
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("role", "method", "n", f"{metric.upper()} mean", "sd", "95% CI"):
+        table.add_column(column, justify="left" if column in ("role", "method") else "right")
+    for column in ("Δ vs none", "gap recovered"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        low, high = r.get(f"{metric}_ci95_low"), r.get(f"{metric}_ci95_high")
+        table.add_row(
+            r["role"],
+            r["method"],
+            str(r.get(f"{metric}_n", 0)),
+            _fmt(r.get(f"{metric}_mean")),
+            _fmt(r.get(f"{metric}_sd")),
+            "–" if low is None or high is None else f"{low:.1f}..{high:.1f}",
+            _fmt(r.get(f"delta_{metric}_mean"), signed=True),
+            _fmt(r.get(f"gap_recovered_{metric}"), 2),
+        )
+    return table
+
+
+@cli.group(
+    epilog="\b\nExamples:\n"
+    "  pgd study submit --teacher tiny-fcos-teacher --student tiny-fcos-pgd "
+    "--methods none,pgd --seeds 0,1,2 --follow\n"
+    "  pgd study show 7a1e...\n"
+    "  pgd study run --detector fcos --seeds 0,1   # on the server: its own embedded stack"
+)
+def study() -> None:
+    """A teacher and every (method, seed) student, as one request."""
+
+
+@study.command(
+    "submit",
+    epilog="\b\nExamples:\n"
+    "  pgd study submit --teacher tiny-fcos-teacher --student tiny-fcos-pgd "
+    "--methods none,inherit,pgd --seeds 0,1,2 --follow\n"
+    "  pgd study submit --teacher-ref 3f2c... --student coco-fcos-pgd "
+    "--methods none,pgd --seeds 0,1\n"
+    "  pgd study submit study.json --json   # a POST /studies body",
+)
+@click.argument("body_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--teacher", metavar="PRESET|FILE", help="The teacher's spec, trained first.")
+@click.option("--teacher-ref", metavar="JOB", help="A finished teacher job to reuse instead.")
+@click.option("--student", metavar="PRESET|FILE", help="The students' spec (a distill preset).")
+@click.option("--methods", default="none,pgd", show_default=True, help="Comma-separated.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated.")
+@click.option("--name", help="A name shown in lists.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a student field.")
+@click.option(
+    "--teacher-set",
+    "teacher_sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a teacher field.",
+)
+@click.option("--follow", is_flag=True, help="Show progress until every job ends, then the table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the created study as JSON.")
+@click.pass_obj
+@api_call
+def study_submit(
+    obj: Ctx,
+    body_file: Path | None,
+    teacher: str | None,
+    teacher_ref: str | None,
+    student: str | None,
+    methods: str,
+    seeds: str,
+    name: str | None,
+    sets: tuple[str, ...],
+    teacher_sets: tuple[str, ...],
+    follow: bool,
+    as_json: bool,
+) -> None:
+    """Submit a study: the teacher (or a finished one), then one student per method
+    and seed. With --follow, exits 0 if every job succeeded, 1 if any failed, 3 if
+    any was cancelled."""
+    client = obj.client()
+    if body_file is not None:
+        if teacher or teacher_ref or student:
+            fail("give a study file or --teacher/--student, not both", BAD_REQUEST)
+        try:
+            body = json.loads(body_file.read_text())
+        except OSError as exc:
+            fail(f"cannot read {body_file}: {exc.strerror}", BAD_REQUEST)
+        except ValueError as exc:
+            fail(f"{body_file} is not JSON: {exc}", BAD_REQUEST)
+    else:
+        if student is None:
+            fail("give --student (a preset or spec file), or a study file", BAD_REQUEST)
+        if (teacher is None) == (teacher_ref is None):
+            fail("give exactly one of --teacher and --teacher-ref", BAD_REQUEST)
+        body = {
+            "name": name,
+            "student": _spec_from(client, student, sets),
+            "methods": _csv_list(str, methods, "--methods"),
+            "seeds": _csv_list(int, seeds, "--seeds"),
+        }
+        if teacher is not None:
+            body["teacher"] = _spec_from(client, teacher, teacher_sets)
+        else:
+            body["teacher_ref"] = teacher_ref
+    created = client.submit_study(body)
+    if as_json:
+        _dump(created)
+    else:
+        out.print(f"study {created['id']}: {len(created['jobs'])} jobs queued")
+    if not follow:
+        return
+    console = err if as_json else out
+    state, code = _follow_many("study", created["id"], lambda: client.study(created["id"]), console)
+    if not as_json:
+        console.print(_study_table(state["table"]))
+    raise SystemExit(code)
+
+
+@study.command(
+    "show", epilog="\b\nExamples:\n  pgd study show 7a1e...\n  pgd study show 7a1e... --json"
+)
+@click.argument("study_id")
+@click.option(
+    "--metric", default="ap", show_default=True, help="ap, ap50, ... or mr for CrowdHuman."
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@api_call
+def study_show(obj: Ctx, study_id: str, metric: str, as_json: bool) -> None:
+    """A study's jobs and its table (mean +- sd over seeds, paired delta, gap recovered)."""
+    data = obj.client().study(study_id)
+    if as_json:
+        _dump(data)
+        return
+    counts = ", ".join(f"{n} {s}" for s, n in data["states"].items() if n)
+    out.print(f"[bold]study {data['id']}[/] {data.get('name') or ''}  {counts}")
+    jobs_table = Table(show_edge=False, header_style="bold")
+    for column in ("job", "role", "method", "seed", "state", "progress"):
+        jobs_table.add_column(column, justify="right" if column == "progress" else "left")
+    for j in data["jobs"]:
+        state = j["state"] + (f" ({j['reason']})" if j.get("reason") else "")
+        seed = "" if j.get("seed") is None else str(j["seed"])
+        jobs_table.add_row(
+            j["id"], j["role"], j["method"], seed, state, f"{100 * j['progress']:.0f} %"
+        )
+    out.print(jobs_table)
+    out.print(_study_table(data["table"], metric))
+
+
+@study.command("list", epilog="\b\nExamples:\n  pgd study list\n  pgd study list --json")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 100))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@api_call
+def study_list(obj: Ctx, limit: int, as_json: bool) -> None:
+    """Your studies, newest first, with their progress."""
+    page = obj.client().studies(limit=limit)
+    if as_json:
+        _dump(page)
+        return
+    if not page["items"]:
+        out.print("no studies yet")
+        return
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("study", "name", "methods", "seeds", "jobs", "progress", "created"):
+        table.add_column(column, justify="right" if column == "progress" else "left")
+    for s in page["items"]:
+        counts = ", ".join(f"{n} {st}" for st, n in s["states"].items() if n)
+        table.add_row(
+            s["id"],
+            s.get("name") or "",
+            ",".join(s["methods"]),
+            ",".join(str(x) for x in s["seeds"]),
+            counts,
+            f"{100 * s['progress']:.0f} %",
+            str(s["created_at"])[:16].replace("T", " "),
+        )
+    out.print(table)
+
+
+@study.command(
+    "run",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+    epilog="\b\nExamples:\n  pgd study run --detector fcos --methods none,inherit,pgd "
+    "--seeds 0,1,2",
+)
+@click.pass_context
+def study_run(ctx: click.Context) -> None:
+    """On the server machine: make a synthetic data set, start an embedded stack and
+    run a whole study on it (`pgd study run --help` lists its options)."""
+    try:
+        from api.study import main as run_study  # the server package, not the client's
+    except ImportError:
+        fail("`pgd study run` needs the server package (pip install pgd)", BAD_REQUEST)
+    raise SystemExit(run_study(list(ctx.args)))
+
+
+# -- tokens -----------------------------------------------------------------------------
+
+
+def _when(value: Any) -> str:
+    return "–" if value is None else value.strftime("%Y-%m-%d %H:%M")
+
+
+@cli.group(
+    epilog="\b\nExamples:\n"
+    "  pgd tokens list\n"
+    "  pgd tokens create --name laptop --expires-in-days 30\n"
+    "  pgd tokens revoke 12"
+)
+def tokens() -> None:
+    """Your API tokens: list, create, revoke (the first one comes from `pgd token
+    create` on the server)."""
+
+
+@tokens.command("list", epilog="\b\nExamples:\n  pgd tokens list\n  pgd tokens list --all --json")
+@click.option("--all", "with_revoked", is_flag=True, help="Also revoked tokens.")
+@click.option("--owner", help="Admins: one owner's tokens only.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@api_call
+def tokens_list(obj: Ctx, with_revoked: bool, owner: str | None, as_json: bool) -> None:
+    """Your tokens (an admin's: everyone's), newest first; never their secrets."""
+    rows = obj.client().tokens(owner=owner, revoked=with_revoked)
+    if as_json:
+        _dump(rows)
+        return
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("id", "owner", "name", "admin", "created", "last used", "expires", "state"):
+        table.add_column(column)
+    for t in rows:
+        state = "this one" if t.current else t.state
+        table.add_row(
+            str(t.id),
+            t.owner,
+            t.name or "",
+            "yes" if t.is_admin else "",
+            _when(t.created_at),
+            _when(t.last_used_at),
+            _when(t.expires_at) if t.expires_at else "never",
+            state,
+        )
+    out.print(table)
+
+
+@tokens.command(
+    "create",
+    epilog="\b\nExamples:\n"
+    "  pgd tokens create --name ci --expires-in-days 90\n"
+    "  export PGD_TOKEN=$(pgd tokens create --name notebook)",
+)
+@click.option("--name", help="What it is for (shown by `pgd tokens list`).")
+@click.option(
+    "--expires-in-days", type=click.FloatRange(min=0, min_open=True), help="Default: never."
+)
+@click.option("--owner", help="Admins: create it for another owner.")
+@click.option("--admin", "is_admin", is_flag=True, help="Admins: an admin token.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@api_call
+def tokens_create(
+    obj: Ctx,
+    name: str | None,
+    expires_in_days: float | None,
+    owner: str | None,
+    is_admin: bool,
+    as_json: bool,
+) -> None:
+    """Create a token and print it (it is shown only this once; only the token goes
+    to stdout, so `$(pgd tokens create)` works)."""
+    created = obj.client().create_token(
+        name=name, expires_in_days=expires_in_days, owner=owner, is_admin=is_admin
+    )
+    if as_json:
+        _dump(created)
+        return
+    click.echo(created.token)
+    expiry = f"expires {_when(created.expires_at)}" if created.expires_at else "never expires"
+    err.print(f"token {created.id} for {created.owner}, {expiry}; shown only once")
+
+
+@tokens.command("revoke", epilog="\b\nExamples:\n  pgd tokens revoke 12")
+@click.argument("token_id", type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@api_call
+def tokens_revoke(obj: Ctx, token_id: int, as_json: bool) -> None:
+    """Revoke a token: every API process refuses it from the next request on."""
+    revoked = obj.client().revoke_token(token_id)
+    if as_json:
+        _dump(revoked)
+        return
+    out.print(f"token {revoked.id} ({revoked.owner}) revoked at {_when(revoked.revoked_at)}")
 
 
 @cli.command(

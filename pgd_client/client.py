@@ -30,6 +30,7 @@ from pgd_client.errors import ProblemError, Unreachable
 from pgd_client.models import (
     TERMINAL_STATES,
     Artifact,
+    CreatedToken,
     Event,
     GroupPage,
     Job,
@@ -37,6 +38,7 @@ from pgd_client.models import (
     MetricPoint,
     ResultPage,
     ResultRow,
+    Token,
 )
 
 _RETRY_STATUS = {502, 503, 504}
@@ -278,6 +280,27 @@ class Client:
         params = _clean({"sort": sort, "group_by": group_by, "format": "csv", **filters})
         return self._send("GET", "/results", retry=True, params=params).text
 
+    def pareto(
+        self,
+        detector: str,
+        dataset: str,
+        *,
+        cost: str = "latency_ms",
+        metric: str = "ap",
+        device: str | None = None,
+    ) -> dict[str, Any]:
+        """``GET /results/pareto``: every measured result of ``detector`` on ``dataset``
+        (on ``device`` when given) as a (cost, metric) point, and the job ids of the
+        accuracy/cost front."""
+        return self._get(
+            "/results/pareto",
+            detector=detector,
+            dataset=dataset,
+            cost=cost,
+            metric=metric,
+            device=device,
+        )
+
     # -- sweeps and studies -----------------------------------------------------------
 
     def submit_sweep(
@@ -300,6 +323,37 @@ class Client:
         """The study's bar chart (PNG): mean per method, one-sd bars, the teacher's line."""
         path = f"/studies/{study_id}/chart.png"
         return self._send("GET", path, retry=True, params={"metric": metric}).content
+
+    def studies(self, *, limit: int = 20, offset: int = 0) -> dict[str, Any]:
+        """``GET /studies``: the caller's studies, newest first, with their progress."""
+        return self._get("/studies", limit=limit, offset=offset)
+
+    # -- tokens -----------------------------------------------------------------------
+
+    def tokens(self, *, owner: str | None = None, revoked: bool = False) -> list[Token]:
+        """The caller's tokens (an admin's: everyone's, or ``owner``'s), newest first."""
+        rows = self._get("/tokens", owner=owner, revoked=revoked or None)
+        return [Token.model_validate(row) for row in rows]
+
+    def create_token(
+        self,
+        *,
+        name: str | None = None,
+        expires_in_days: float | None = None,
+        owner: str | None = None,
+        is_admin: bool = False,
+    ) -> CreatedToken:
+        """A new token (not retried: a lost answer would leave a token nobody has seen)."""
+        body = _clean({"name": name, "expires_in_days": expires_in_days, "owner": owner}) | (
+            {"is_admin": True} if is_admin else {}
+        )
+        response = self._send("POST", "/tokens", retry=False, json=body)
+        return CreatedToken.model_validate(response.json())
+
+    def revoke_token(self, token_id: int) -> Token:
+        """Revoke a token; it is refused from the next request on (revoking twice is fine)."""
+        response = self._send("DELETE", f"/tokens/{token_id}", retry=True)
+        return Token.model_validate(response.json())
 
 
 def _problem(response: httpx.Response) -> ProblemError:

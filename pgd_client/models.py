@@ -73,6 +73,22 @@ class ResultRow(_Body):
     baseline_ap: float | None = None
     delta_ap_vs_baseline: float | None = None
     delta_ap_vs_teacher: float | None = None
+    # What the model costs to run (None when it was not measured).
+    params: int | None = None
+    flops: int | None = None
+    latency_ms: float | None = None
+    latency_p90_ms: float | None = None
+    peak_memory_mb: float | None = None
+    device: str | None = None
+    threads: int | None = None
+    onnx_max_abs_diff: float | None = None
+    teacher_params: int | None = None
+    teacher_flops: int | None = None
+    teacher_latency_ms: float | None = None
+    params_ratio_vs_teacher: float | None = None
+    flops_ratio_vs_teacher: float | None = None
+    #: Only when the teacher was timed on the same device with the same threads.
+    speedup_vs_teacher: float | None = None
     created_at: datetime
 
 
@@ -111,3 +127,26 @@ class Event(_Body):
     id: str | None = None
     event: str
     data: dict[str, Any]
+
+
+class Token(_Body):
+    """An API token as listed (its secret is never listed)."""
+
+    id: int
+    owner: str
+    name: str | None = None
+    is_admin: bool = False
+    created_at: datetime
+    last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    #: The token the client calls with.
+    current: bool = False
+    #: active, expired or revoked.
+    state: str = "active"
+
+
+class CreatedToken(Token):
+    """A new token: ``token`` is its only plain-text copy."""
+
+    token: str

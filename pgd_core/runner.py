@@ -24,6 +24,7 @@ import pgd_core.compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
 import pgd_core.distill.distiller  # noqa: F401  (registers PGDDistiller)
 import pgd_core.evaluation.evaluators  # noqa: F401  (registers the evaluators)
 from pgd_core.configs.runner import PLOT_DIR, runner_cfg
+from pgd_core.cost import ModelCost
 from pgd_core.data.manifest import load_dataset_info
 from pgd_core.data.validation import validate_split
 from pgd_core.spec import RunSpec
@@ -267,4 +268,40 @@ def run_spec(
         Path(work_dir),
         plots(Path(work_dir)) if hook.val_metrics else [],
         reports,
+    )
+
+
+def measure_cost(
+    spec: RunSpec,
+    checkpoint: str | os.PathLike,
+    *,
+    data_root: str | os.PathLike,
+    onnx_path: str | os.PathLike | None = None,
+    runs: int = 30,
+    budget_s: float = 20.0,
+) -> ModelCost:
+    """What the run's student costs to run, as deployed (:mod:`pgd_core.cost`): the
+    plain detector of ``spec.student`` loaded from ``checkpoint``, on the dataset's
+    test size, on the device the run used (the GPU when ``spec.device`` is ``cuda``
+    and one is visible).
+
+    Raises:
+        CostError: the checkpoint does not hold that detector.
+    """
+    import torch
+
+    from pgd_core.configs.model import detector_cfg
+    from pgd_core.cost import load_detector, measure, network_input_shape
+
+    info = load_dataset_info(data_root, spec.dataset.name)
+    model = load_detector(detector_cfg(spec.detector, spec.student, info.num_classes), checkpoint)
+    device = "cuda" if spec.device == "cuda" and torch.cuda.is_available() else "cpu"
+    return measure(
+        model,
+        network_input_shape(spec.dataset.img_scale),
+        device=device,
+        onnx_path=Path(onnx_path) if onnx_path is not None else None,
+        runs=runs,
+        budget_s=budget_s,
+        seed=spec.seed,
     )

@@ -71,6 +71,32 @@ class Settings(BaseSettings):
         description="leaderboard pages kept per API process, keyed by the leaderboard "
         "version (0: none)",
     )
+    measure_cost: bool = Field(
+        True,
+        description="after a job's evaluation, measure its model's parameters, FLOPs, "
+        "latency and peak memory and store them with the result",
+    )
+    cost_runs: PositiveInt = Field(
+        30, description="timed forwards behind a latency (after 5 untimed warm-up ones)"
+    )
+    cost_budget_s: PositiveFloat = Field(
+        20.0,
+        description="seconds the timed forwards may take; past it fewer runs are timed "
+        "(at least 5, and the count is stored with the latency)",
+    )
+    onnx_export: bool = Field(
+        True,
+        description="export each measured model to ONNX (artifact model.onnx) and check "
+        "onnxruntime's outputs against PyTorch's; a failed export is a warning on the job",
+    )
+    token_cache_s: float = Field(
+        0.0,
+        ge=0,
+        description="seconds a valid token is trusted without reading its row again "
+        "(0: every request reads it, so a revocation takes effect at once in every API "
+        "process; above 0 a query is saved per request, but a token revoked through "
+        "another process keeps working there for up to this long)",
+    )
     events_poll_s: PositiveFloat = Field(
         1.0, description="how often GET /jobs/{id}/events polls the database for changes"
     )

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from db_helpers import pg_schema_url
 from sqlalchemy import select
-from ui_helpers import LiveApi, finish, free_port, live_api, report, start
+from ui_helpers import LiveApi, finish, free_port, live_api, measured, report, start
 
 from pgd_client import Client
 from pgd_core.presets import get_preset
@@ -25,10 +26,20 @@ from pgd_service.db.models import EvalResult, Job
 PGD = str(Path(sys.executable).with_name("pgd"))
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
-    with live_api(tmp_path_factory.mktemp("cli")) as api:
-        yield api
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveApi]:
+    """The API on the embedded default (SQLite, the SQL broker), then on PostgreSQL
+    with Redis as the broker."""
+    root = tmp_path_factory.mktemp(f"cli-{request.param}")
+    if request.param == "sqlite":
+        with live_api(root) as api:
+            yield api
+    else:
+        for url in pg_schema_url():
+            with live_api(root, url, "redis://127.0.0.1:6379/13") as api:
+                yield api
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +278,232 @@ def test_sweep_queues_the_grid_and_follows_it_to_its_outcome(
     rest, _ = followed.communicate(timeout=60)
     assert followed.returncode == 1
     assert f"sweep {sweep_id}: 1 succeeded, 1 failed" in rest
+
+
+# -- studies ------------------------------------------------------------------------------
+
+
+def table_row(text: str, *first: str) -> list[str]:
+    """The cells of the row of a rich table (box characters dropped) that starts with
+    ``first``."""
+    for line in text.splitlines():
+        cells = [c for c in line.replace("│", " ").split() if c]
+        if cells[: len(first)] == list(first):
+            return cells
+    raise AssertionError(f"no row starting {first} in:\n{text}")
+
+
+def test_study_submit_follows_to_the_table_of_its_numbers(
+    env: dict[str, str], live: LiveApi, token: str
+):
+    import threading
+
+    with Client(live.url, token) as c:
+        teacher = c.submit(get_preset("tiny-fcos-teacher").model_dump(mode="json")).id
+    start(live, teacher)
+    finish(live, teacher, metrics={"ap": 30.0})
+    followed = subprocess.Popen(
+        [
+            PGD,
+            "study",
+            "submit",
+            "--teacher-ref",
+            teacher,
+            "--student",
+            "tiny-fcos-pgd",
+            "--methods",
+            "none,pgd",
+            "--seeds",
+            "0,1",
+            "--name",
+            "cli study",
+            "--follow",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert followed.stdout is not None
+    first = followed.stdout.readline()
+    assert first.endswith(": 4 jobs queued\n"), first
+    study_id = first.split()[1].rstrip(":")
+    with live.session_factory() as session:
+        students = session.execute(
+            select(Job.id, Job.method, Job.seed).where(Job.study_id == study_id)
+        ).all()
+    ap = {("none", 0): 20.0, ("none", 1): 22.0, ("pgd", 0): 23.0, ("pgd", 1): 26.0}
+    assert sorted((m, s) for _, m, s in students) == sorted(ap)
+
+    def work() -> None:
+        for job_id, method, seed in students:
+            start(live, job_id)
+            finish(live, job_id, metrics={"ap": ap[(method, seed)]})
+
+    threading.Thread(target=work).start()
+    rest, errors = followed.communicate(timeout=60)
+    assert followed.returncode == 0, errors
+    assert f"study {study_id}: 4 succeeded" in rest
+    # The table, computed here from the four numbers: pgd 24.5 +- 2.1 (sd of 23, 26),
+    # paired deltas 3 and 4 (mean +3.5), gap recovered (24.5 - 21) / (30 - 21).
+    pgd_row = table_row(rest, "student", "pgd")
+    assert pgd_row[2:5] == ["2", "24.5", "2.1"], pgd_row
+    assert pgd_row[-2:] == ["+3.5", f"{(24.5 - 21) / (30 - 21):.2f}"], pgd_row
+    none_row = table_row(rest, "student", "none")
+    assert none_row[2:5] == ["2", "21.0", "1.4"], none_row
+
+    shown = pgd(env, "study", "show", study_id, "--json")
+    assert shown.returncode == 0
+    data = json.loads(shown.stdout)
+    assert data["done"] and sorted(j["id"] for j in data["jobs"] if j["role"] == "student") == (
+        sorted(j for j, _, _ in students)
+    )
+    table = pgd(env, "study", "show", study_id).stdout
+    assert "24.5" in table and "cli study" in table
+    listed = json.loads(pgd(env, "study", "list", "--json").stdout)
+    assert listed["items"][0]["id"] == study_id
+
+    # errors: one line each
+    both = pgd(env, "study", "submit", "--student", "tiny-fcos-pgd")
+    assert both.returncode == 2
+    assert one_error_line(both) == "error: give exactly one of --teacher and --teacher-ref"
+    bad = pgd(
+        env,
+        "study",
+        "submit",
+        "--teacher-ref",
+        teacher,
+        "--student",
+        "tiny-fcos-pgd",
+        "--methods",
+        "none,telepathy",
+    )
+    assert bad.returncode == 2 and "methods" in one_error_line(bad)
+    seeds = pgd(
+        env,
+        "study",
+        "submit",
+        "--teacher-ref",
+        teacher,
+        "--student",
+        "tiny-fcos-pgd",
+        "--seeds",
+        "0,x",
+    )
+    assert seeds.returncode == 2
+    assert one_error_line(seeds) == "error: --seeds '0,x': expected a comma-separated list"
+    assert pgd(env, "study", "show", "no-such-study").returncode == 6
+
+
+def test_study_run_is_still_the_embedded_runner(env: dict[str, str]):
+    for argv in (["study", "run", "--help"], ["study", "--help"]):
+        result = pgd(env, *argv)
+        assert result.returncode == 0, result.stderr
+    assert "--teacher-iters" in pgd(env, "study", "run", "--help").stdout
+    assert "submit" in pgd(env, "study", "--help").stdout
+    # The runner's old form (options straight after `study`) still reaches it.
+    refused = pgd(env, "study", "--methods", "none,telepathy")
+    assert refused.returncode == 2 and "unknown telepathy" in refused.stderr
+
+
+# -- tokens -------------------------------------------------------------------------------
+
+
+def test_tokens_create_list_revoke(env: dict[str, str], live: LiveApi, token: str):
+    from api.auth import hash_token
+    from pgd_service.db.models import ApiToken
+
+    made = pgd(env, "tokens", "create", "--name", "notebook", "--expires-in-days", "7")
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()
+    assert made.stdout == secret + "\n" and secret.startswith("pgd_")  # only the token on stdout
+    with live.session_factory() as session:
+        row = session.scalars(
+            select(ApiToken).where(ApiToken.token_hash == hash_token(secret))
+        ).one()
+    assert (row.owner, row.name) == ("dev", "notebook")
+    assert f"token {row.id} for dev, expires" in made.stderr
+    as_new = env | {"PGD_TOKEN": secret}
+    assert pgd(as_new, "jobs", "--json").returncode == 0
+
+    listed = json.loads(pgd(env, "tokens", "list", "--json").stdout)
+    ids = {t["id"]: t for t in listed}
+    assert ids[row.id]["name"] == "notebook" and not ids[row.id]["current"]
+    assert [t["current"] for t in listed].count(True) == 1
+    assert all("token" not in t for t in listed)
+    table = pgd(env, "tokens", "list").stdout
+    assert "notebook" in table and "this one" in table
+
+    revoked = pgd(env, "tokens", "revoke", str(row.id))
+    assert revoked.returncode == 0 and f"token {row.id} (dev) revoked at" in revoked.stdout
+    refused = pgd(as_new, "jobs")
+    assert refused.returncode == 5
+    assert one_error_line(refused).startswith("error: invalid or revoked token")
+    assert row.id not in {t["id"] for t in json.loads(pgd(env, "tokens", "list", "--json").stdout)}
+
+    other = pgd(env, "tokens", "create", "--owner", "somebody")
+    assert other.returncode == 5
+    assert one_error_line(other) == "error: only an admin may create a token for another owner"
+    missing = pgd(env, "tokens", "revoke", "999999")
+    assert missing.returncode == 6 and one_error_line(missing) == "error: token 999999 not found"
+    zero = pgd(env, "tokens", "create", "--expires-in-days", "0")
+    assert zero.returncode == 2 and "--expires-in-days" in zero.stderr
+
+
+# -- costs ----------------------------------------------------------------------------------------
+
+
+def test_results_show_costs_and_pareto_prints_the_front(
+    env: dict[str, str], live: LiveApi, token: str
+):
+    base = get_preset("tiny-fcos-teacher").model_dump(mode="json")
+    with Client(live.url, token) as c:
+        teacher = c.submit(base).id
+    start(live, teacher)
+    finish(live, teacher, metrics={"ap": 40.0}, cost=measured(2_000_000, 1.5, 30.0))
+    students = {}
+    for method, ap, cost in (
+        ("pgd", 36.0, measured(1_000_000, 0.6, 12.0)),
+        ("none", 33.0, measured(1_000_000, 0.6, 12.5)),
+    ):
+        with Client(live.url, token) as c:
+            spec = get_preset("tiny-fcos-pgd").model_dump(mode="json")
+            students[method] = c.submit(spec | {"method": method, "teacher_ref": teacher}).id
+        start(live, students[method])
+        finish(live, students[method], metrics={"ap": ap}, cost=cost)
+    with live.session_factory() as session:
+        rows = {
+            r.job_id: r
+            for r in session.execute(
+                select(
+                    EvalResult.job_id, EvalResult.ap, EvalResult.flops, EvalResult.latency_ms
+                ).where(EvalResult.job_id.in_([teacher, *students.values()]))
+            )
+        }
+    wide = env | {"COLUMNS": "240"}  # one table row per line
+    shown = pgd(wide, "results", "--method", "pgd", "--sort", "flops", "--limit", "500")
+    assert shown.returncode == 0, shown.stderr
+    row = table_row(shown.stdout, students["pgd"][:8])
+    s, t = rows[students["pgd"]], rows[teacher]
+    assert f"{s.flops / 1e9:.2f}" in row and "1.00" in row and "M" in row
+    versus = " ".join(row[row.index("ms") + 1 :])
+    assert versus == (
+        f"{s.flops / t.flops:.2f}x FLOPs, {t.latency_ms / s.latency_ms:.1f}x faster, "
+        f"{s.ap - t.ap:+.1f} AP"
+    )
+    assert "latency: median of batch-1 forwards on cpu (Test CPU)" in shown.stderr
+
+    front = json.loads(
+        pgd(env, "pareto", "--detector", "fcos", "--dataset", "shapes", "--json").stdout
+    )
+    mine = {p["job_id"]: p for p in front["points"] if p["job_id"] in rows}
+    assert set(mine) == set(rows)
+    # pgd: cheapest and, among the cheapest two, the best; the teacher: the best AP.
+    assert mine[students["pgd"]]["on_front"] and mine[teacher]["on_front"]
+    assert not mine[students["none"]]["on_front"]
+    text = pgd(wide, "pareto", "--detector", "fcos", "--dataset", "shapes")
+    assert text.returncode == 0 and students["pgd"][:8] in text.stdout
+    assert students["none"][:8] not in text.stdout  # only the front without --all
+    assert "on the front (higher AP is better)" in text.stderr
+    bad = pgd(env, "pareto", "--detector", "fcos", "--dataset", "shapes", "--metric", "speed")
+    assert bad.returncode == 2 and "metric" in one_error_line(bad)

@@ -157,7 +157,7 @@ def test_csv_export_carries_the_numbers_of_the_json_rows(service_runs: ServiceRu
     assert [r["job_id"] for r in table] == [r["job_id"] for r in page]
     assert len(table) == len(service_runs.jobs)
     for cells, row in zip(table, page):
-        assert set(cells) == set(row) - {"metrics"}
+        assert set(cells) == set(row) - {"metrics", "cost"}
         for name, cell in cells.items():
             value = row[name]
             if value is None:
@@ -227,3 +227,61 @@ def test_metric_series_equal_the_mmengine_log(service_runs: ServiceRuns, role: s
     last = max(series["val/AP"])
     assert math.isclose(printed["pgd/AP"], series["val/AP"][last], abs_tol=5e-5)
     assert series["val/AP"][last] == row["ap"]
+
+
+# ------------------------------------------------------------- what each model costs
+
+
+@pytest.mark.parametrize("role", ["teacher", "baseline", "pgd"])
+def test_each_rows_cost_is_that_of_its_own_model(service_runs: ServiceRuns, role: str, tmp_path):
+    """Parameters and FLOPs of the downloaded checkpoint, rebuilt by mmdet's
+    init_detector from the downloaded config and counted by mmengine's
+    get_model_complexity_info (mmdet's get_flops path); the ONNX artifact run
+    here by onnxruntime against that model."""
+    import numpy as np
+    import onnxruntime
+    from mmengine.analysis import get_model_complexity_info
+
+    row = _rows(service_runs)[role]
+    job_id = service_runs.jobs[role]
+    folder = tmp_path / role
+    config = service_runs.download(job_id, "config", folder / "20000101_000000.py")
+    checkpoint = service_runs.download(job_id, "checkpoint", folder / "model.pth")
+    model = student_model(config, checkpoint, "fcos")
+    inputs = torch.randn(1, 3, 160, 160, generator=torch.Generator().manual_seed(7))
+    info = get_model_complexity_info(model, inputs=inputs, show_table=False, show_arch=False)
+    assert row["params"] == info["params"] == sum(p.numel() for p in model.parameters())
+    assert row["flops"] == info["flops"]
+    assert 0 < row["latency_ms"] <= row["latency_p90_ms"]
+    assert row["device"].startswith("cpu (") and row["threads"] >= 1
+    assert row["peak_memory_mb"] > 0
+    onnx = service_runs.download(job_id, "model.onnx", folder / "model.onnx")
+    session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": inputs.numpy()})
+    with torch.no_grad():
+        cls_scores, bbox_preds, centernesses = model._forward(inputs)
+    # pgd_core flattens per output kind, then per level: scores, boxes, centerness.
+    expected = [*cls_scores, *bbox_preds, *centernesses]
+    assert len(got) == len(expected)
+    for theirs, mine in zip(got, expected, strict=True):
+        np.testing.assert_allclose(theirs, mine.numpy(), atol=1e-3, rtol=1e-3)
+    assert row["onnx_max_abs_diff"] < 1e-3
+
+
+def test_the_students_cost_ratios_are_of_the_rows_own_numbers(service_runs: ServiceRuns):
+    rows = _rows(service_runs)
+    pgd, teacher, baseline = rows["pgd"], rows["teacher"], rows["baseline"]
+    # Same architecture, same cost: the distilled student is the baseline's network.
+    assert (pgd["params"], pgd["flops"]) == (baseline["params"], baseline["flops"])
+    assert rows["evaluate"]["params"] == teacher["params"]
+    assert rows["evaluate"]["flops"] == teacher["flops"]
+    # The R-18 student is smaller than the R-34 teacher.
+    assert pgd["params"] < teacher["params"] and pgd["flops"] < teacher["flops"]
+    assert pgd["params_ratio_vs_teacher"] == pgd["params"] / teacher["params"]
+    assert pgd["flops_ratio_vs_teacher"] == pgd["flops"] / teacher["flops"]
+    # One worker on one machine timed both: a speed-up is given.
+    assert pgd["speedup_vs_teacher"] == teacher["latency_ms"] / pgd["latency_ms"]
+    front = service_runs.get(
+        "/results/pareto", detector="fcos", dataset="shapes", cost="flops"
+    ).json()
+    assert {p["job_id"] for p in front["points"]} == set(service_runs.jobs.values())

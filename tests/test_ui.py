@@ -558,3 +558,55 @@ def test_first_screen_is_marked_for_the_benchmark(signed_in, live: LiveApi):
         "return performance.getEntriesByName('pgd:first-screen')[0].startTime"
     )
     assert 0 < start_ms < 30_000
+
+
+# -- what each model costs ------------------------------------------------------------------------
+
+
+def test_leaderboard_costs_and_the_pareto_front_are_the_apis(
+    signed_in, live: LiveApi, sample: Sample
+):
+    go(signed_in, live, "results?detector=fcos&dataset=shapes")
+    wait_for(signed_in, lambda d: by_css(d, "#pareto figure[data-cost=flops] circle.point"))
+    with live.session_factory() as session:
+        stored = {
+            r.job_id: r
+            for r in session.execute(
+                select(EvalResult.job_id, EvalResult.ap, EvalResult.flops, EvalResult.latency_ms)
+            )
+        }
+    # The cells: the database's numbers, formatted.
+    for row in by_css(signed_in, "#results-table tbody tr"):
+        r = stored[row.get_attribute("data-job")]
+        flops = row.find_element("css selector", "td[data-cost=flops]").text
+        latency = row.find_element("css selector", "td[data-cost=latency_ms]").text
+        assert flops == ("–" if r.flops is None else f"{r.flops / 1e9:.2f}")
+        assert latency == ("–" if r.latency_ms is None else f"{r.latency_ms:.1f}")
+    teacher, pgd = stored[sample.teacher], stored[sample.students["pgd"]]
+    versus = text_of(signed_in, f"tr[data-job='{sample.students['pgd']}'] td[data-cost=vs-teacher]")
+    assert versus == (
+        f"{pgd.flops / teacher.flops:.2f}x FLOPs · {teacher.latency_ms / pgd.latency_ms:.1f}x "
+        f"faster · {pgd.ap - teacher.ap:+.1f} AP"
+    )
+    # The charts: one dot per measured result, the front's dots those the API names,
+    # and the front computed here from the stored numbers.
+    measured = [r for r in stored.values() if r.latency_ms is not None and r.ap is not None]
+    for cost in ("latency_ms", "flops"):
+        figure = f"#pareto figure[data-cost={cost}]"
+        dots = {c.get_attribute("data-job") for c in by_css(signed_in, f"{figure} circle.point")}
+        front = {
+            c.get_attribute("data-job") for c in by_css(signed_in, f"{figure} circle.point.front")
+        }
+        assert dots == {r.job_id for r in measured}
+        value = (lambda r: r.latency_ms) if cost == "latency_ms" else (lambda r: r.flops)
+        undominated = {
+            r.job_id
+            for r in measured
+            if not any(
+                value(o) <= value(r) and o.ap >= r.ap and (value(o) < value(r) or o.ap > r.ap)
+                for o in measured
+            )
+        }
+        assert front == undominated
+        path = by_css(signed_in, f"{figure} path.front")[0]
+        assert path.get_attribute("data-points") == str(len(front))

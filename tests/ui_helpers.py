@@ -32,6 +32,7 @@ from pgd_core.presets import get_preset
 from pgd_service import lifecycle
 from pgd_service.db.models import METRICS, Artifact, EvalResult, Job, MetricPoint
 from pgd_service.db.session import make_engine, make_session_factory
+from worker.execution import cost_columns
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
@@ -198,9 +199,11 @@ def finish(
     reason: str | None = None,
     message: str | None = None,
     plot: bytes | None = None,
+    cost: dict[str, Any] | None = None,
 ) -> None:
-    """running -> a terminal state, with the result and a plot artifact when given
-    (as worker.execution stores them: one transaction)."""
+    """running -> a terminal state, with the result (and the model's ``cost``, see
+    :func:`measured`) and a plot artifact when given (as worker.execution stores
+    them: one transaction)."""
     with live.session_factory() as session:
         job = session.get(Job, job_id)
         assert job is not None
@@ -217,6 +220,7 @@ def finish(
                     method=job.method,
                     metrics={k.upper(): v for k, v in metrics.items()},
                     **{m: metrics.get(m) for m in METRICS},
+                    **cost_columns(cost),
                 )
             )
         if plot is not None:
@@ -233,6 +237,28 @@ def finish(
                 )
             )
         session.commit()
+
+
+def measured(params: int, gflops: float, latency_ms: float) -> dict[str, Any]:
+    """A model's measurement as pgd_core.cost.ModelCost.as_json() writes it."""
+    return {
+        "params": params,
+        "flops": round(gflops * 1e9),
+        "input_shape": [160, 160],
+        "latency": {
+            "median_ms": latency_ms,
+            "p90_ms": round(latency_ms * 1.1, 3),
+            "runs": 30,
+            "warmup": 5,
+            "device": "cpu (Test CPU)",
+            "threads": 2,
+        },
+        "peak_memory_mb": 18.5,
+        "onnx": {"status": "ok", "path": None, "max_abs_diff": 3e-6, "error": None, "opset": 17},
+        "seconds": 2.0,
+        "timings": {},
+        "warnings": [],
+    }
 
 
 def coco(ap: float) -> dict[str, float]:
@@ -298,10 +324,17 @@ def seed_sample(live: LiveApi, token: str, *, steps: int = 40) -> Sample:
     with live.client(token) as http:
         teacher = submit(http, "tiny-fcos-teacher")
         baseline = submit(http, "tiny-fcos-student")
-        for job_id, ap, seed in ((teacher, 45.8, 0), (baseline, 25.2, 1)):
+        teacher_cost, student_cost = (
+            measured(2_470_000, 1.21, 31.4),
+            measured(1_130_000, 0.52, 12.2),
+        )
+        for job_id, ap, seed, cost in (
+            (teacher, 45.8, 0, teacher_cost),
+            (baseline, 25.2, 1, student_cost),
+        ):
             start(live, job_id)
             report(live, job_id, {"loss": loss_curve(steps, seed=seed), "lr": lr}, 1.0)
-            finish(live, job_id, metrics=coco(ap), plot=plot)
+            finish(live, job_id, metrics=coco(ap), plot=plot, cost=cost)
         students = {}
         for method, ap in (("pgd", 35.9), ("inherit", 43.9), ("fgd_box", 38.1)):
             job_id = submit(http, "tiny-fcos-pgd", method=method, teacher_ref=teacher)
@@ -315,7 +348,7 @@ def seed_sample(live: LiveApi, token: str, *, steps: int = 40) -> Sample:
             metrics = coco(ap)
             if method == "fgd_box":
                 metrics["aps"] = -1.0  # pycocotools' "no small object": shown as n/a
-            finish(live, job_id, metrics=metrics, plot=plot)
+            finish(live, job_id, metrics=metrics, plot=plot, cost=student_cost)
             students[method] = job_id
         running = submit(http, "tiny-fcos-pgd", teacher_ref=teacher, seed=1)
         start(live, running)

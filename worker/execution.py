@@ -44,6 +44,8 @@ class Outcome:
     message: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: list[tuple[str, str, Path]] = field(default_factory=list)  # name, kind, path
+    #: pgd_core.cost.ModelCost.as_json() of the evaluated model, when it was measured.
+    cost: dict[str, Any] | None = None
 
 
 _factories: dict[str, sessionmaker[Session]] = {}
@@ -162,6 +164,61 @@ def _column(value: float | None) -> float | None:
     return None if value is None or value < 0 else float(value)
 
 
+def cost_columns(cost: dict[str, Any] | None) -> dict[str, Any]:
+    if cost is None:
+        return {}
+    return {
+        "params": cost["params"],
+        "flops": cost["flops"],
+        "latency_ms": cost["latency"]["median_ms"],
+        "latency_p90_ms": cost["latency"]["p90_ms"],
+        "peak_memory_mb": cost["peak_memory_mb"],
+        "cost": cost,
+    }
+
+
+def measure(settings: Settings, spec: Any, checkpoint: Path, work_dir: Path) -> Outcome:
+    """The cost of a finished job's model (``cost``, the ONNX artifact) and its warnings
+    (``message``). Nothing here fails the job: a model that cannot be measured or
+    exported is a warning on a job that succeeded."""
+    from pgd_core.runner import measure_cost
+
+    onnx_path = work_dir / "model.onnx" if settings.onnx_export else None
+    try:
+        cost = measure_cost(
+            spec,
+            checkpoint,
+            data_root=settings.data_root,
+            onnx_path=onnx_path,
+            runs=settings.cost_runs,
+            budget_s=settings.cost_budget_s,
+        )
+    except Exception as exc:  # noqa: BLE001 - the result stands without its cost
+        log.exception("measuring the model of %s failed", work_dir.name)
+        return Outcome("succeeded", message=f"cost not measured: {type(exc).__name__}: {exc}")
+    log.info(
+        "job %s: %d params, %.3g GFLOPs, %.1f ms median on %s (%.1f s to measure)",
+        work_dir.name,
+        cost.params,
+        cost.flops / 1e9,
+        cost.latency.median_ms,
+        cost.latency.device,
+        cost.seconds,
+    )
+    artifacts = []
+    if cost.onnx is not None and cost.onnx.status == "ok" and cost.onnx.path:
+        artifacts.append(("model.onnx", "onnx", Path(cost.onnx.path)))
+    measured = cost.as_json()
+    if measured["onnx"] is not None:  # the artifact's name, not a path on this worker
+        measured["onnx"]["path"] = "model.onnx" if artifacts else None
+    return Outcome(
+        "succeeded",
+        message="; ".join(cost.warnings)[:4000] or None,
+        artifacts=artifacts,
+        cost=measured,
+    )
+
+
 def finish(
     session_factory: sessionmaker[Session],
     settings: Settings,
@@ -192,6 +249,7 @@ def finish(
                     method=job.method,
                     metrics=outcome.metrics,
                     **{column: _column(lowered.get(column)) for column in METRICS},
+                    **cost_columns(outcome.cost),
                 )
             )
         names = [name for name, _, _ in outcome.artifacts]
@@ -305,6 +363,18 @@ def execute(
             metrics=result.metrics if state == "succeeded" else {},
             artifacts=_artifacts(result, work_dir),
         )
+        if (
+            state == "succeeded"
+            and outcome.metrics
+            and settings.measure_cost
+            and result.checkpoint is not None
+            and not reporter.should_stop()  # a cancel asked for now is not kept waiting
+        ):
+            # While the reporter still heartbeats: on a CPU a paper-sized model's
+            # measurement and export take a minute.
+            measured = measure(settings, spec, Path(result.checkpoint), work_dir)
+            outcome.cost, outcome.message = measured.cost, measured.message
+            outcome.artifacts.extend(measured.artifacts)
     try:
         reporter.stop(flush=True)
     except Exception:  # noqa: BLE001 - the outcome matters more than the last points

@@ -16,18 +16,21 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import Caller, current_token
 from api.deps import get_results_cache, get_session_factory
-from api.schemas.results import GroupPage, GroupRow, ResultPage, ResultRow
+from api.schemas.results import GroupPage, GroupRow, Pareto, ResultPage, ResultRow
 from api.services import groups as group_service
 from api.services import results as service
+from pgd_service.db.models import COSTS
 
 router = APIRouter(prefix="/results", tags=["results"])
 
-CSV_COLUMNS: tuple[str, ...] = tuple(name for name in ResultRow.model_fields if name != "metrics")
+CSV_COLUMNS: tuple[str, ...] = tuple(
+    name for name in ResultRow.model_fields if name not in ("metrics", "cost")
+)
 GROUP_CSV_COLUMNS: tuple[str, ...] = tuple(GroupRow.model_fields)
 
 
@@ -123,6 +126,13 @@ class ResultQuery(BaseModel):
             raise ValueError(str(exc).removeprefix("sort: ")) from None
         return sort
 
+    @model_validator(mode="after")
+    def _groups_sort_by_metrics(self) -> ResultQuery:
+        key, _ = service.parse_sort(self.sort)
+        if self.group_by == "config" and key in COSTS:
+            raise ValueError(f"sort: group_by=config sorts by a metric or created_at, not {key}")
+        return self
+
     def filters(self) -> service.ResultFilters:
         return service.ResultFilters(
             dataset=self.dataset,
@@ -132,6 +142,42 @@ class ResultQuery(BaseModel):
             study=self.study,
             sweep=self.sweep,
             job=self.job,
+        )
+
+
+@router.get("/pareto", response_model=Pareto)
+def pareto(
+    detector: Annotated[str, Query(max_length=32, description="e.g. fcos")],
+    dataset: Annotated[str, Query(max_length=128, description="e.g. coco")],
+    cost: Annotated[
+        Literal["latency_ms", "flops", "params", "peak_memory_mb"],
+        Query(description="the cost axis"),
+    ] = "latency_ms",
+    metric: Annotated[
+        Literal["ap", "ap50", "ap75", "aps", "apm", "apl", "mr", "ji"],
+        Query(description="the accuracy axis (mr: lower is better)"),
+    ] = "ap",
+    device: Annotated[
+        str | None,
+        Query(
+            max_length=200, description="only results measured there, e.g. 'cuda:0 (NVIDIA H200)'"
+        ),
+    ] = None,
+    token: Caller = Depends(current_token),
+    session_factory: sessionmaker[Session] = Depends(get_session_factory),
+) -> Pareto:
+    """The accuracy/cost Pareto front of a detector on a dataset: every measured
+    result as a point, and the ones no other result beats on both axes."""
+    with session_factory() as db_session:
+        return Pareto.model_validate(
+            service.pareto(
+                db_session,
+                detector=detector,
+                dataset=dataset,
+                cost=cost,
+                metric=metric,
+                device=device,
+            )
         )
 
 

@@ -59,6 +59,32 @@ class ResultRow(BaseModel):
     delta_mr_vs_teacher: float | None
     delta_ji_vs_baseline: float | None
     delta_ji_vs_teacher: float | None
+    # What the model costs to run (pgd_core.cost), null when it was not measured.
+    params: int | None = Field(description="parameters of the detector as deployed")
+    flops: int | None = Field(
+        description="FLOPs of one forward at the dataset's test size (mmengine's "
+        "FlopAnalyzer: a multiply-add is one FLOP)"
+    )
+    latency_ms: float | None = Field(description="median batch-1 forward time")
+    latency_p90_ms: float | None
+    peak_memory_mb: float | None = Field(description="peak memory of one forward (MiB)")
+    device: str | None = Field(description="where the latency was measured")
+    threads: int | None = Field(description="CPU threads of that measurement")
+    onnx_max_abs_diff: float | None = Field(
+        description="largest |onnxruntime - PyTorch| over the raw head outputs"
+    )
+    cost: dict[str, Any] | None = Field(
+        description="the whole measurement: input size, runs, warm-up, ONNX export"
+    )
+    teacher_params: int | None
+    teacher_flops: int | None
+    teacher_latency_ms: float | None
+    params_ratio_vs_teacher: float | None = Field(description="this row's params / the teacher's")
+    flops_ratio_vs_teacher: float | None = Field(description="this row's FLOPs / the teacher's")
+    speedup_vs_teacher: float | None = Field(
+        description="teacher latency / this row's, only when both were measured on the "
+        "same device with the same thread count"
+    )
 
 
 class ResultPage(BaseModel):
@@ -130,3 +156,36 @@ class GroupPage(BaseModel):
     limit: int
     offset: int
     next_offset: int | None
+
+
+class ParetoPoint(BaseModel):
+    result_id: int
+    job_id: str
+    kind: str
+    method: str
+    cost: float = Field(description="the value of the cost column asked for")
+    metric: float = Field(description="the value of the metric asked for")
+    device: str | None = Field(description="where the latency was measured")
+    on_front: bool = Field(description="no other result is at least as cheap and as accurate")
+
+
+class Pareto(BaseModel):
+    """The results of one detector on one dataset as (cost, metric) points, and the
+    accuracy/cost Pareto front among them: the results no other result beats on both
+    (costs no more and scores no worse, better in one). Latencies measured on
+    different devices compare machines, not models: ``devices`` says which there
+    are, and ``device`` keeps one."""
+
+    detector: str
+    dataset: str
+    cost: str
+    metric: str
+    lower_is_better: bool = Field(description="true for mr: a lower miss rate is better")
+    points: list[ParetoPoint] = Field(description="oldest first")
+    front: list[str] = Field(description="job ids of the front, cheapest first")
+    truncated: bool = Field(description="only the most recent 10000 results were used")
+    device: str | None = Field(description="the device the points were kept for, if one")
+    devices: dict[str, int] = Field(
+        description="every device among the results (before the device filter), with "
+        "its number of results, most first"
+    )

@@ -58,12 +58,12 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
 from api.schemas.results import ResultPage
-from pgd_service.db.models import METRICS, EvalResult, Job, LeaderboardVersion
+from pgd_service.db.models import COSTS, METRICS, EvalResult, Job, LeaderboardVersion
 
 # A fetched row by column name (SQLAlchemy's RowMapping is keyed by more than str).
 Row: TypeAlias = Mapping[Any, Any]
 
-SORT_KEYS: tuple[str, ...] = (*METRICS, "created_at")
+SORT_KEYS: tuple[str, ...] = (*METRICS, *COSTS, "created_at")
 DELTA_METRICS: tuple[str, ...] = ("ap", "mr", "ji")
 DEFAULT_SORT = "-ap"
 CSV_CAP = 100_000
@@ -77,8 +77,13 @@ _RESULT_COLUMNS: tuple[str, ...] = (
     "method",
     *METRICS,
     "metrics",
+    *COSTS,
+    "latency_p90_ms",
+    "cost",
     "created_at",
 )
+#: The teacher's cost columns a distilled row carries (``cost`` for its device).
+_TEACHER_COSTS: tuple[str, ...] = ("params", "flops", "latency_ms", "cost")
 
 
 #: The ``jobs`` columns whose UPDATE changes what a page shows, for a job that has a
@@ -266,6 +271,7 @@ def _page_query(
         rows.c.kind,
         rows.c.teacher_job_id,
         *(getattr(teacher, m).label(f"teacher_{m}") for m in METRICS),
+        *(getattr(teacher, c).label(f"teacher_{c}") for c in _TEACHER_COSTS),
     ]
     query = select(*columns).outerjoin(teacher, teacher.job_id == rows.c.teacher_job_id)
     if postgresql:
@@ -352,6 +358,34 @@ def _delta(value: float | None, other: float | None) -> float | None:
     return None if value is None or other is None else value - other
 
 
+def _ratio(value: float | None, other: float | None) -> float | None:
+    return None if value is None or not other else value / other
+
+
+def _where(cost: dict[str, Any] | None) -> tuple[str | None, int | None]:
+    latency = (cost or {}).get("latency") or {}
+    return latency.get("device"), latency.get("threads")
+
+
+def _cost_fields(row: dict[str, Any], r: Row, distilled: bool) -> None:
+    """The measurement's device and ONNX check, and for a distilled row the teacher's
+    cost and the ratios to it. A speed-up is only given when both latencies were
+    measured on the same device with the same thread count: otherwise it would
+    compare machines, not models."""
+    cost = row["cost"]
+    row["device"], row["threads"] = _where(cost)
+    onnx = (cost or {}).get("onnx") or {}
+    row["onnx_max_abs_diff"] = onnx.get("max_abs_diff")
+    for c in ("params", "flops", "latency_ms"):
+        row[f"teacher_{c}"] = r[f"teacher_{c}"] if distilled else None
+    row["params_ratio_vs_teacher"] = _ratio(row["params"], row["teacher_params"])
+    row["flops_ratio_vs_teacher"] = _ratio(row["flops"], row["teacher_flops"])
+    same_place = distilled and cost is not None and _where(cost) == _where(r["teacher_cost"])
+    row["speedup_vs_teacher"] = (
+        _ratio(row["teacher_latency_ms"], row["latency_ms"]) if same_place else None
+    )
+
+
 def _row(r: Row, baseline: Row | None) -> dict[str, Any]:
     row: dict[str, Any] = {name: r[name] for name in _RESULT_COLUMNS}
     row["kind"] = r["kind"]
@@ -364,6 +398,7 @@ def _row(r: Row, baseline: Row | None) -> dict[str, Any]:
     for m in DELTA_METRICS:
         row[f"delta_{m}_vs_baseline"] = _delta(row[m], row[f"baseline_{m}"])
         row[f"delta_{m}_vs_teacher"] = _delta(row[m], row[f"teacher_{m}"])
+    _cost_fields(row, r, distilled)
     return row
 
 
@@ -506,3 +541,102 @@ def csv_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
     return value
+
+
+#: Metrics where a lower value is better (CrowdHuman's log-average miss rate).
+LOWER_IS_BETTER: frozenset[str] = frozenset({"mr"})
+#: Points a front is computed from, at most (the most recent ones).
+PARETO_CAP = 10_000
+
+
+def pareto_front(points: Sequence[tuple[float, float]], *, lower_is_better: bool) -> list[int]:
+    """Indexes of the points no other point dominates, cheapest first. A point
+    ``(cost, score)`` is dominated by one that costs no more and scores at least as
+    well, and is strictly better in one of the two; of equal points the first is kept."""
+    sign = -1.0 if lower_is_better else 1.0
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -sign * points[i][1], i))
+    front: list[int] = []
+    best: float | None = None
+    for i in order:
+        score = sign * points[i][1]
+        if best is None or score > best:
+            front.append(i)
+            best = score
+    return front
+
+
+def pareto(
+    db_session: Session,
+    *,
+    detector: str,
+    dataset: str,
+    cost: str,
+    metric: str,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Every result of ``detector`` on ``dataset`` with both ``cost`` and ``metric``
+    (measured on ``device`` when given), and which of them form the accuracy/cost
+    front."""
+    cost_column, metric_column = getattr(EvalResult, cost), getattr(EvalResult, metric)
+    query = (
+        select(
+            EvalResult.id,
+            EvalResult.job_id,
+            EvalResult.method,
+            Job.kind,
+            cost_column.label("cost"),
+            metric_column.label("metric"),
+            EvalResult.cost.label("measurement"),
+        )
+        .join(Job, Job.id == EvalResult.job_id)
+        .where(
+            EvalResult.detector == detector,
+            EvalResult.dataset == dataset,
+            cost_column.is_not(None),
+            metric_column.is_not(None),
+        )
+        .order_by(EvalResult.id.desc())
+        .limit(PARETO_CAP + 1)
+    )
+    fetched = list(db_session.execute(query).mappings())
+    truncated = len(fetched) > PARETO_CAP
+    fetched = fetched[:PARETO_CAP][::-1]
+    counts: dict[str, int] = {}
+    for r in fetched:
+        where = _where(r["measurement"])[0]
+        if where is not None:
+            counts[where] = counts.get(where, 0) + 1
+    if device is not None:
+        fetched = [r for r in fetched if _where(r["measurement"])[0] == device]
+    on_front = set(
+        pareto_front(
+            [(float(r["cost"]), float(r["metric"])) for r in fetched],
+            lower_is_better=metric in LOWER_IS_BETTER,
+        )
+    )
+    points = [
+        {
+            "result_id": r["id"],
+            "job_id": r["job_id"],
+            "kind": r["kind"],
+            "method": r["method"],
+            "cost": r["cost"],
+            "metric": r["metric"],
+            "device": _where(r["measurement"])[0],
+            "on_front": i in on_front,
+        }
+        for i, r in enumerate(fetched)
+    ]
+    front = sorted((p for p in points if p["on_front"]), key=lambda p: (p["cost"], p["result_id"]))
+    return {
+        "detector": detector,
+        "dataset": dataset,
+        "cost": cost,
+        "metric": metric,
+        "lower_is_better": metric in LOWER_IS_BETTER,
+        "points": points,
+        "front": [p["job_id"] for p in front],
+        "truncated": truncated,
+        "device": device,
+        "devices": dict(sorted(counts.items(), key=lambda item: (-item[1], item[0]))),
+    }

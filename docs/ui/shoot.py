@@ -54,6 +54,7 @@ def shoot_all(out: Path) -> list[Path]:
                 "job-succeeded": f"jobs/{sample.students['pgd']}",
                 "job-failed": f"jobs/{sample.failed}",
                 "leaderboard": "results",
+                "leaderboard-costs": "results?detector=fcos&dataset=shapes",
                 "leaderboard-grouped": "results?group=config",
                 "compare": "compare?ids="
                 + ",".join([sample.students["pgd"], sample.students["inherit"], sample.baseline]),

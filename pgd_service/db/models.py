@@ -32,6 +32,8 @@ from pgd_service.db.types import BigIntPK, UTCDateTime, utcnow
 
 #: The metric columns of ``eval_results`` (COCO AP family, CrowdHuman MR and JI).
 METRICS: tuple[str, ...] = ("ap", "ap50", "ap75", "aps", "apm", "apl", "mr", "ji")
+#: Cost columns of a result (lower is cheaper), sortable like the metrics.
+COSTS: tuple[str, ...] = ("params", "flops", "latency_ms", "peak_memory_mb")
 
 #: The states of a job (the CHECK constraint); what moves a job between them is
 #: pgd_service.lifecycle.
@@ -214,6 +216,7 @@ class EvalResult(Base):
             Index(f"ix_eval_results_{key}_id", key, "id")
             for key in ("ap", "ap50", "ap75", "aps", "apm", "apl", "mr", "ji", "created_at")
         ),
+        *(Index(f"ix_eval_results_{key}_id", key, "id") for key in COSTS),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -231,6 +234,14 @@ class EvalResult(Base):
     apl: Mapped[float | None] = mapped_column(Float)
     mr: Mapped[float | None] = mapped_column(Float)
     ji: Mapped[float | None] = mapped_column(Float)
+    # What the evaluated model costs to run (pgd_core.cost), as sortable columns;
+    # ``cost`` holds the whole measurement (device, threads, input size, ONNX check).
+    params: Mapped[int | None] = mapped_column(BigInteger)
+    flops: Mapped[int | None] = mapped_column(BigInteger)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    latency_p90_ms: Mapped[float | None] = mapped_column(Float)
+    peak_memory_mb: Mapped[float | None] = mapped_column(Float)
+    cost: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -270,6 +281,10 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     owner: Mapped[str] = mapped_column(String(128), index=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: What it is for ("laptop", "ci"); optional.
+    name: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Refused from then on; None: never expires.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -150,3 +150,72 @@ export function gapChart(rows, { metric = "AP", width = 900 } = {}) {
     h("span", {}, h("i", { class: "key-teacher" }), "teacher")));
   return fig;
 }
+
+/**
+ * Accuracy against cost: one dot per result (class "point", data-job), the ones on
+ * the Pareto front filled (class "point front"), and the front as a staircase
+ * (<path class="front" data-points=n>): from each front point the next one costs
+ * more and scores better. points: [{x, y, job, label, front}]; front points in
+ * increasing x. logX: a log scale for costs that span orders of magnitude.
+ */
+export function scatterChart(points, { title = "", xLabel = "", yLabel = "", width = 440, height = 280, logX = false, lowerIsBetter = false } = {}) {
+  const pad = { left: 52, right: 14, top: 12, bottom: 38 };
+  const usable = points.filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y) && (!logX || p.x > 0));
+  const fig = h("figure", { class: "chart scatter" }, title ? h("figcaption", {}, title) : null);
+  if (!usable.length) {
+    fig.append(h("p", { class: "muted chart-empty" }, "no measured result yet"));
+    return fig;
+  }
+  const fx = (x) => (logX ? Math.log10(x) : x);
+  const xs = usable.map((p) => fx(p.x));
+  const ys = usable.map((p) => p.y);
+  const xt = logX ? [] : ticks(Math.min(...xs), Math.max(...xs), 5);
+  let x0 = Math.min(...xs), x1 = Math.max(...xs);
+  if (logX) {
+    x0 = Math.floor(x0 * 2) / 2;
+    x1 = Math.ceil(x1 * 2) / 2;
+    if (x1 === x0) x1 = x0 + 0.5;
+    for (let v = Math.ceil(x0); v <= x1; v += 1) xt.push(v);
+    if (xt.length < 2) xt.splice(0, xt.length, x0, x1);
+  } else {
+    x0 = Math.min(x0, xt[0]);
+    x1 = Math.max(x1, xt[xt.length - 1]);
+  }
+  const yt = ticks(Math.min(...ys), Math.max(...ys), 5);
+  const y0 = Math.min(yt[0], ...ys), y1 = Math.max(yt[yt.length - 1], ...ys);
+  const W = width - pad.left - pad.right, H = height - pad.top - pad.bottom;
+  const sx = (v) => pad.left + (x1 === x0 ? W / 2 : ((v - x0) / (x1 - x0)) * W);
+  const sy = (y) => pad.top + (y1 === y0 ? H / 2 : (1 - (y - y0) / (y1 - y0)) * H);
+  const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title || `${yLabel} against ${xLabel}`, class: "chart-svg" });
+  const grid = s("g", { class: "grid" });
+  for (const v of yt) {
+    grid.append(s("line", { x1: pad.left, x2: width - pad.right, y1: sy(v), y2: sy(v) }));
+    grid.append(s("text", { x: pad.left - 6, y: sy(v) + 4, "text-anchor": "end" }, label(v)));
+  }
+  for (const v of xt) {
+    grid.append(s("line", { x1: sx(v), x2: sx(v), y1: pad.top, y2: height - pad.bottom, class: "x" }));
+    grid.append(s("text", { x: sx(v), y: height - pad.bottom + 16, "text-anchor": "middle" }, label(logX ? 10 ** v : v)));
+  }
+  svg.append(grid);
+  svg.append(s("text", { x: pad.left + W / 2, y: height - 4, "text-anchor": "middle", class: "axis-label" }, xLabel + (logX ? " (log)" : "")));
+  if (yLabel) svg.append(s("text", { x: 12, y: pad.top + H / 2, "text-anchor": "middle", class: "axis-label", transform: `rotate(-90 12 ${pad.top + H / 2})` }, yLabel));
+  const front = usable.filter((p) => p.front).sort((a, b) => a.x - b.x);
+  if (front.length) {
+    // A staircase: each front point holds until the next, cheaper-to-better step.
+    let d = `M${sx(fx(front[0].x)).toFixed(1)},${sy(front[0].y).toFixed(1)}`;
+    for (let i = 1; i < front.length; i += 1) {
+      d += `H${sx(fx(front[i].x)).toFixed(1)}V${sy(front[i].y).toFixed(1)}`;
+    }
+    d += `H${(width - pad.right).toFixed(1)}`;
+    svg.append(s("path", { d, class: "front", fill: "none", "data-points": String(front.length) }));
+  }
+  for (const p of usable) {
+    svg.append(s("circle", { cx: sx(fx(p.x)), cy: sy(p.y), r: p.front ? 5 : 4, class: p.front ? "point front" : "point", "data-job": p.job },
+      s("title", {}, `${p.label}: ${label(p.y)} at ${label(p.x)}`)));
+  }
+  fig.append(svg);
+  fig.append(h("div", { class: "legend" },
+    h("span", {}, h("i", { class: "key-front" }), `Pareto front (${lowerIsBetter ? "lower" : "higher"} ${yLabel} is better)`),
+    h("span", {}, h("i", { class: "key-point" }), "other results")));
+  return fig;
+}

@@ -3,11 +3,21 @@
 // a chart of each distilled student between its baseline and its teacher.
 
 import { get, query, request } from "../api.js";
-import { gapChart } from "../charts.js";
+import { gapChart, scatterChart } from "../charts.js";
 import { DETECTORS, KINDS, METHODS, SORT_KEYS } from "../catalog.js";
 import { delta, fill, h, pct, problemBox, saveText, short } from "../dom.js";
 
 const PAGE = 50;
+const num = (v, scale, digits, unit = "") => (v == null ? "–" : `${(v / scale).toFixed(digits)}${unit}`);
+/** "0.42x FLOPs · 2.1x faster · -1.3 AP": what a distilled row keeps of its teacher for how much less. */
+function versusTeacher(r, gap) {
+  const parts = [];
+  if (r.flops_ratio_vs_teacher != null) parts.push(`${r.flops_ratio_vs_teacher.toFixed(2)}x FLOPs`);
+  if (r.speedup_vs_teacher != null) parts.push(`${r.speedup_vs_teacher.toFixed(1)}x faster`);
+  const d = r[`delta_${gap}_vs_teacher`];
+  if (d != null) parts.push(`${delta(d)} ${gap.toUpperCase()}`);
+  return parts.length ? parts.join(" · ") : "–";
+}
 const pm = (mean, sd) => (mean == null ? "–" : `${mean.toFixed(1)}${sd == null ? "" : ` ± ${sd.toFixed(1)}`}`);
 
 export async function render(main, _params, q) {
@@ -38,7 +48,8 @@ export async function render(main, _params, q) {
       state.sweep ? h("span", { class: "chip", id: "sweep-chip" }, `sweep ${short(state.sweep)} `, h("a", { href: "#/results", title: "clear" }, "×")) : null));
   const area = h("div", { id: "results-area" });
   const chart = h("section", { class: "card wide", id: "gap-chart" });
-  main.append(area, chart);
+  const costs = h("section", { class: "card wide", id: "pareto" });
+  main.append(area, chart, costs);
 
   async function downloadCsv() {
     csv.disabled = true;
@@ -80,14 +91,20 @@ export async function render(main, _params, q) {
       h("thead", {}, h("tr", {}, h("th", {}, "job"), ["kind", "detector", "dataset"].map((c) => h("th", { class: "opt" }, c)), h("th", {}, "method"),
         metrics.map((m) => sortHeader(m, m.toUpperCase())),
         h("th", { class: "num" }, `teacher ${gap.toUpperCase()}`), h("th", { class: "num" }, `baseline ${gap.toUpperCase()}`),
-        h("th", { class: "num" }, "Δ vs baseline"), h("th", { class: "num" }, "Δ vs teacher"))),
+        h("th", { class: "num" }, "Δ vs baseline"), h("th", { class: "num" }, "Δ vs teacher"),
+        sortHeader("params", "params (M)"), sortHeader("flops", "GFLOPs"), sortHeader("latency_ms", "latency (ms)"),
+        h("th", { class: "num" }, "vs teacher"))),
       h("tbody", {}, items.map((r) => h("tr", { "data-job": r.job_id },
         h("td", {}, h("a", { class: "mono", href: `#/jobs/${r.job_id}` }, short(r.job_id))),
         h("td", { class: "opt" }, r.kind), h("td", { class: "opt" }, r.detector), h("td", { class: "ellipsis opt", title: r.dataset }, r.dataset), h("td", {}, r.method),
         metrics.map((m) => h("td", { class: "num", "data-metric": m }, pct(r[m]))),
         h("td", { class: "num" }, pct(r[`teacher_${gap}`])), h("td", { class: "num" }, pct(r[`baseline_${gap}`])),
         h("td", { class: `num ${signClass(r[`delta_${gap}_vs_baseline`], gap)}` }, delta(r[`delta_${gap}_vs_baseline`])),
-        h("td", { class: `num ${signClass(r[`delta_${gap}_vs_teacher`], gap)}` }, delta(r[`delta_${gap}_vs_teacher`])))))));
+        h("td", { class: `num ${signClass(r[`delta_${gap}_vs_teacher`], gap)}` }, delta(r[`delta_${gap}_vs_teacher`])),
+        h("td", { class: "num", "data-cost": "params" }, num(r.params, 1e6, 2)),
+        h("td", { class: "num", "data-cost": "flops" }, num(r.flops, 1e9, 2)),
+        h("td", { class: "num", "data-cost": "latency_ms", title: r.device ? `${r.device}, ${r.threads} threads; p90 ${num(r.latency_p90_ms, 1, 1)} ms` : "" }, num(r.latency_ms, 1, 1)),
+        h("td", { class: "num small", "data-cost": "vs-teacher" }, versusTeacher(r, gap)))))));
   }
 
   function groupTable(items) {
@@ -129,6 +146,7 @@ export async function render(main, _params, q) {
     : page.items.map((r) => ({ label: `${r.detector} ${r.method} ${short(r.job_id)}`, student: r.ap, teacher: r.teacher_ap, baseline: r.baseline_ap }));
   const width = Math.round(Math.min(900, Math.max(340, chart.clientWidth - 34)));
   fill(chart, gapChart(gapRows.filter((r) => r.teacher != null && r.baseline != null).slice(0, 20), { width }));
+  await paretoCharts(costs, state, page.items);
   return null;
 }
 
@@ -136,4 +154,41 @@ export async function render(main, _params, q) {
 function signClass(value, metric) {
   if (value == null || value === 0) return "";
   return (metric === "mr" ? value < 0 : value > 0) ? "good" : "bad";
+}
+
+/**
+ * Accuracy against latency and against FLOPs for one detector on one dataset (the
+ * filters', or the page's when all its rows share them), each with its Pareto front
+ * from GET /results/pareto.
+ */
+async function paretoCharts(section, state, items) {
+  const detectors = new Set(items.map((r) => r.detector));
+  const datasets = new Set(items.map((r) => r.dataset));
+  const detector = state.detector || (detectors.size === 1 ? [...detectors][0] : "");
+  const dataset = state.dataset || (datasets.size === 1 ? [...datasets][0] : "");
+  if (!detector || !dataset) {
+    fill(section, h("h2", {}, "Accuracy against cost"), h("p", { class: "muted" }, "Choose a detector and a dataset to see the accuracy/cost front."));
+    return;
+  }
+  const metric = items.length && items.every((r) => r.ap == null && r.ap_mean == null && (r.mr != null || r.mr_mean != null)) ? "mr" : "ap";
+  const axes = [["latency_ms", "latency (ms)", false], ["flops", "GFLOPs", true]];
+  try {
+    const fronts = await Promise.all(axes.map(([cost]) => get(`/results/pareto${query({ detector, dataset, cost, metric })}`)));
+    // Latencies of two machines compare machines: keep the device most results were timed on.
+    const devices = Object.keys(fronts[0].devices);
+    if (devices.length > 1) fronts[0] = await get(`/results/pareto${query({ detector, dataset, cost: "latency_ms", metric, device: devices[0] })}`);
+    const figures = fronts.map((f, i) => {
+      const [cost, axis, logX] = axes[i];
+      const scale = cost === "flops" ? 1e9 : 1;
+      const where = cost === "latency_ms" && (f.device || devices.length === 1) ? ` on ${f.device || devices[0]}` : "";
+      const fig = scatterChart(
+        f.points.map((p) => ({ x: p.cost / scale, y: p.metric, job: p.job_id, label: `${p.method} ${short(p.job_id)}`, front: p.on_front })),
+        { title: `${metric.toUpperCase()} against ${axis}${where}`, xLabel: axis, yLabel: metric.toUpperCase(), logX, lowerIsBetter: f.lower_is_better });
+      fig.dataset.cost = cost;
+      return fig;
+    });
+    fill(section, h("h2", {}, `Accuracy against cost: ${detector} on ${dataset}`), h("div", { class: "pareto" }, figures));
+  } catch (err) {
+    fill(section, problemBox(err, "Cannot load the accuracy/cost front"));
+  }
 }
