@@ -26,7 +26,10 @@ from pgd_service.db.models import EvalResult, Job
 PGD = str(Path(sys.executable).with_name("pgd"))
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+# PostgreSQL + Redis doubles the module's minutes: in the slow pass (make test-all).
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
+)
 def live(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveApi]:

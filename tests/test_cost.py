@@ -244,7 +244,8 @@ def test_measure_puts_it_all_together(tmp_path: Path):
 # -- the worker: measured with the result, a failed export only a warning --------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# Each test trains a tiny job: PostgreSQL's run is in the slow pass (make test-all).
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def s(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     with stack(request.param, BROKER_DOWN, tmp_path) as result:
         yield result

@@ -12,11 +12,9 @@ see is a 404, as for jobs. The first token of a deployment comes from
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import auth
@@ -24,6 +22,7 @@ from api.auth import Caller, current_token
 from api.deps import get_db
 from api.problems import problem
 from api.schemas.tokens import TokenCreate, TokenCreated, TokenRead
+from api.services import tokens as service
 from pgd_service.db.models import ApiToken
 from pgd_service.db.types import utcnow
 
@@ -53,13 +52,6 @@ def _state(row: ApiToken) -> str:
     return "active"
 
 
-def _visible(caller: Caller) -> list[Any]:
-    """Conditions on the rows a caller may see: their own non-admin tokens, or all."""
-    if caller.is_admin:
-        return []
-    return [ApiToken.owner == caller.owner, ApiToken.is_admin.is_(False)]
-
-
 @router.get("", response_model=list[TokenRead])
 def list_tokens(
     owner: str | None = Query(None, max_length=128, description="admins: one owner's only"),
@@ -68,12 +60,8 @@ def list_tokens(
     db_session: Session = Depends(get_db),
 ) -> list[TokenRead]:
     """The caller's tokens (an admin's: everyone's, or ``owner``'s), newest first."""
-    query = select(ApiToken).where(*_visible(token)).order_by(ApiToken.id.desc()).limit(1000)
-    if token.is_admin and owner is not None:
-        query = query.where(ApiToken.owner == owner)
-    if not revoked:
-        query = query.where(ApiToken.revoked_at.is_(None))
-    return [_read(row, token) for row in db_session.scalars(query)]
+    rows = service.list_tokens(db_session=db_session, caller=token, owner=owner, revoked=revoked)
+    return [_read(row, token) for row in rows]
 
 
 @router.post(
@@ -119,11 +107,8 @@ def revoke(
 ) -> TokenRead:
     """Revoke a token (the caller's own, or any for an admin): refused from the next
     request on. Revoking a revoked token changes nothing and answers the same."""
-    row = db_session.get(ApiToken, token_id) if 0 < token_id < 2**63 else None
-    if row is None or (not token.is_admin and (row.owner != token.owner or row.is_admin)):
+    row = service.revoke(db_session=db_session, caller=token, token_id=token_id)
+    if row is None:
         raise HTTPException(404, f"token {token_id} not found")
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        db_session.commit()
     auth.forget(row.id)
     return _read(row, token)
