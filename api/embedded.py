@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from pgd_service.settings import Settings
+from pgd_service.settings import Settings, redacted
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,8 +150,8 @@ def up(argv: list[str]) -> int:
     print(f"pgd API:      {url}  (docs: {url}/docs)", flush=True)
     print(f"dashboard:    {url}/ui/  (sign in with the admin token)", flush=True)
     print(f"admin token:  {token}", flush=True)
-    print(f"database:     {settings.database_url}", flush=True)
-    print(f"broker:       {settings.broker_url}", flush=True)
+    print(f"database:     {redacted(settings.database_url)}", flush=True)
+    print(f"broker:       {redacted(settings.broker_url)}", flush=True)
     print(f"worker:       pid {worker.pid}, log {log_path}", flush=True)
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host=args.host, port=args.port, log_level="warning")

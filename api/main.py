@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api import body_limit, ui
 from api import observability as request_metrics
-from api import ui
 from api.problems import install_problem_handlers
 from api.routes import job_data, jobs, meta, observability, results, studies, sweeps, tokens
 from api.services.results import PageCache
 from pgd_service.db.session import make_engine, make_session_factory
 from pgd_service.maintenance import MaintenanceThread
-from pgd_service.settings import Settings, get_settings
+from pgd_service.settings import Settings, get_settings, redacted
 
 #: What PostgreSQL's pg_stat_activity shows for the API's connections.
 APPLICATION_NAME = "pgd-api"
@@ -27,6 +28,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The re-sender and the reaper; safe in every API replica (guarded UPDATEs).
+        logging.getLogger("pgd.api").warning(
+            "pgd API: database %s, broker %s, work root %s",
+            redacted(settings.database_url),
+            redacted(settings.broker_url),
+            settings.work_root,
+        )
         thread = None
         if settings.run_maintenance:
             thread = MaintenanceThread(app.state.session_factory, settings)
@@ -59,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tokens.router)
     app.include_router(observability.router)
     ui.install(app)
+    body_limit.install(app, settings.max_body_bytes)
     request_metrics.install(app)
     return app
 

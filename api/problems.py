@@ -73,6 +73,10 @@ async def _unstorable_value_handler(request: Request, exc: Exception) -> JSONRes
     return problem(422, "invalid request: a value contains characters the database cannot store")
 
 
+async def _too_many_jobs_handler(request: Request, exc: Exception) -> JSONResponse:
+    return problem(429, str(exc), headers={"Retry-After": "60"})
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Route validation and HTTP errors (404, 409, 401, 403, 503, ...) to problem+json."""
     app.add_exception_handler(RequestValidationError, _validation_handler)
@@ -81,3 +85,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     for down in (OperationalError, PoolTimeout):
         app.add_exception_handler(down, _database_down_handler)
     app.add_exception_handler(DataError, _unstorable_value_handler)
+    from api.services.jobs import TooManyJobs
+
+    app.add_exception_handler(TooManyJobs, _too_many_jobs_handler)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
@@ -39,8 +39,13 @@ PAPER_LEVEL_WEIGHTS: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0)
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
+#: An image side in pixels (8K is past any detection benchmark's test size).
+ImageSide = Annotated[int, Field(gt=0, le=8192)]
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities are refused by name: JSON cannot carry them back out.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Frozen):
@@ -68,9 +73,11 @@ class DataSpec(_Frozen):
     name: str = Field(..., pattern=_NAME_PATTERN)
     train_split: str = Field("train", pattern=_NAME_PATTERN)
     val_split: str = Field("val", pattern=_NAME_PATTERN)
-    img_scale: tuple[PositiveInt, PositiveInt] = Field((1333, 800), description="(long, short)")
-    multiscale_short: tuple[PositiveInt, ...] | None = Field(
-        None, description="short sides sampled at training time (multi-scale training)"
+    img_scale: tuple[ImageSide, ImageSide] = Field((1333, 800), description="(long, short)")
+    multiscale_short: tuple[ImageSide, ...] | None = Field(
+        None,
+        max_length=32,
+        description="short sides sampled at training time (multi-scale training)",
     )
 
 
@@ -83,7 +90,7 @@ class ScheduleSpec(_Frozen):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     warmup_iters: int = Field(500, ge=0)
-    milestones: tuple[PositiveInt, ...] = (60_000, 80_000)
+    milestones: tuple[PositiveInt, ...] = Field((60_000, 80_000), max_length=32)
     grad_clip: PositiveFloat | None = 35.0
     val_interval: PositiveInt | None = Field(None, description="None: evaluate at the end only")
     checkpoint_interval: PositiveInt = 5_000
@@ -110,7 +117,7 @@ class DistillSpec(_Frozen):
     beta: PositiveFloat | None = Field(None, description="None: alpha / 2")
     gamma: PositiveFloat | None = Field(None, description="None: 1.6 * alpha")
     delta: PositiveFloat = 8e-4
-    level_weights: tuple[PositiveFloat, ...] = PAPER_LEVEL_WEIGHTS
+    level_weights: tuple[PositiveFloat, ...] = Field(PAPER_LEVEL_WEIGHTS, max_length=8)
     topk: PositiveInt = 30
     cls_quality_alpha: float = Field(0.8, ge=0.0, le=1.0)
     reg_quality_alpha: float = Field(0.6, ge=0.0, le=1.0)
@@ -255,6 +262,11 @@ def _problems(spec: RunSpec) -> list[str]:
             problems.append(f"method: '{spec.method}' needs kind 'distill', not '{spec.kind}'")
         if spec.teacher is not None or spec.teacher_ref is not None:
             problems.append(f"teacher: a '{spec.kind}' run has no teacher")
+    if spec.kind != "evaluate" and spec.dataset.train_split == spec.dataset.val_split:
+        problems.append(
+            f"dataset.val_split: '{spec.dataset.val_split}' is also the training split; "
+            "a model evaluated on its own training images scores what it memorised"
+        )
     if spec.kind == "evaluate" and spec.checkpoint_ref is None:
         problems.append("checkpoint_ref: an 'evaluate' run needs the checkpoint to evaluate")
     if spec.kind != "evaluate" and spec.checkpoint_ref is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -71,6 +73,24 @@ class Settings(BaseSettings):
         description="leaderboard pages kept per API process, keyed by the leaderboard "
         "version (0: none)",
     )
+    limit_max_iters: PositiveInt = Field(
+        1_000_000, description="largest schedule.max_iters a request may ask for"
+    )
+    limit_batch_size: PositiveInt = Field(
+        256, description="largest schedule.batch_size (images per iteration, all GPUs)"
+    )
+    limit_image_side: PositiveInt = Field(
+        4096, description="largest side in dataset.img_scale and dataset.multiscale_short"
+    )
+    limit_active_jobs: PositiveInt | None = Field(
+        None,
+        description="most jobs one owner may have waiting, queued or running at once "
+        "(429 above it; unset: no limit, and no query spent on counting)",
+    )
+    max_body_bytes: PositiveInt = Field(
+        1 << 20,
+        description="largest request body the API reads (413 above it, before reading)",
+    )
     measure_cost: bool = Field(
         True,
         description="after a job's evaluation, measure its model's parameters, FLOPs, "
@@ -108,12 +128,42 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
+    def _absolute_paths(self) -> Settings:
+        # Resolved once, against the folder this process started in: a child process
+        # (pgd up's worker runs in the repository root) gets the same files, not
+        # another database and broker of the same relative name.
+        for name in ("data_root", "work_root", "weights_root"):
+            setattr(self, name, Path(os.path.abspath(getattr(self, name).expanduser())))
+        self.database_url = absolute_sqlite_url(self.database_url)
+        self.broker_url = absolute_sqlite_url(self.broker_url)
+        return self
+
+    @model_validator(mode="after")
     def _production_needs_a_server_database(self) -> Settings:
         # SQLite serialises writers on one file: fine on one machine, wrong for
         # several API and worker processes on several hosts.
         if self.environment == "production" and self.database_url.startswith("sqlite"):
             raise ValueError("database_url must not be SQLite when environment is 'production'")
         return self
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***`` (for logs)."""
+    return re.sub(r"^([A-Za-z0-9+.-]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def absolute_sqlite_url(url: str) -> str:
+    """``sqlite:///./pgd.db`` (or kombu's ``sqla+sqlite:///...``) with its file made
+    absolute against the current folder; any other URL unchanged (in-memory
+    databases and server URLs have no file)."""
+    for prefix in ("sqlite:///", "sqla+sqlite:///"):
+        if url.startswith(prefix):
+            rest = url[len(prefix) :]
+            path, sep, query = rest.partition("?")
+            if not path or path == ":memory:" or path.startswith("/"):
+                return url
+            return f"{prefix}{os.path.abspath(os.path.expanduser(path))}{sep}{query}"
+    return url
 
 
 @lru_cache

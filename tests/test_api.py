@@ -90,7 +90,7 @@ def test_healthz_needs_no_token(client: httpx.Client) -> None:
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer pgd_nope"}])
 def test_missing_or_bad_token_is_401(client: httpx.Client, headers: dict[str, str]) -> None:
-    for path in ("/jobs", "/presets", "/readyz"):
+    for path in ("/jobs", "/presets", "/datasets"):
         response = client.get(path, headers=headers)
         _is_problem(response, 401)
         assert response.headers["www-authenticate"] == "Bearer"
@@ -142,6 +142,8 @@ def test_datasets(client: httpx.Client, alice: dict[str, str]) -> None:
             "format": "coco",
             "classes": ["rectangle", "ellipse", "triangle"],
             "splits": ["train", "val"],
+            "usable": True,
+            "problem": None,
         }
     ]
 

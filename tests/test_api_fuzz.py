@@ -33,7 +33,7 @@ EXAMPLES = {"sqlite": 60, "postgresql": 25}
 # Function-scoped fixtures are built once per test, not per example: every
 # example here only reads them or adds rows that the assertions account for.
 FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture]}
-PUBLIC = {"/healthz", "/metrics", "/openapi.json", "/docs", "/redoc"}
+PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"}
 SKIPPED_OPERATIONS = {("get", "/jobs/{job_id}/events")}  # a stream: fuzzed with a short limit below
 
 

@@ -9,6 +9,7 @@ restart Redis use a private redis-server so nothing else is disturbed.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -25,7 +26,7 @@ from db_helpers import bearer, flushed_redis
 from fastapi.testclient import TestClient
 from worker_helpers import PrivateRedis, Stack, distinct_steps_ok, free_port, stack, tiny_spec
 
-from api.embedded import home_env, settings_env, wait_ready
+from api.embedded import settings_env, wait_ready
 from api.main import create_app
 from pgd_core.data.synthetic_shapes import make_coco_shapes
 from pgd_service.db.models import Job
@@ -315,10 +316,13 @@ def test_cancel_fallback_revokes_a_task_that_does_not_stop(machine_redis: str, t
 
 
 def test_pgd_up_starts_api_and_worker_and_stops_both(tmp_path: Path):
-    """The embedded default as a user starts it: one command, SQLite files, a token."""
+    """The embedded default as a user starts it: one command, SQLite files, a token,
+    from a folder of their own with every path left at its relative default (the
+    worker runs elsewhere, yet must open the same database and broker)."""
     port = free_port()
-    make_coco_shapes(tmp_path / "data", "shapes", num_train=8, num_val=4)
-    env = {**home_env(tmp_path), "PGD_HEARTBEAT_INTERVAL_S": "0.3"}
+    make_coco_shapes(tmp_path / "var" / "data", "shapes", num_train=8, num_val=4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGD_")}
+    env["PGD_HEARTBEAT_INTERVAL_S"] = "0.3"
     token_file = tmp_path / "token"
     up = subprocess.Popen(
         [
@@ -332,6 +336,7 @@ def test_pgd_up_starts_api_and_worker_and_stops_both(tmp_path: Path):
             str(token_file),
         ],
         env=env,
+        cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -369,5 +374,11 @@ def test_pgd_up_starts_api_and_worker_and_stops_both(tmp_path: Path):
         output, _ = up.communicate(timeout=60)
     assert f"pgd API:      {url}" in output and f"admin token:  {token}" in output
     assert f"dashboard:    {url}/ui/" in output
+    # Every relative default resolved against the folder pgd up ran in.
+    assert f"database:     sqlite:///{tmp_path / 'pgd.db'}" in output
+    assert f"broker:       sqla+sqlite:///{tmp_path / 'pgd-broker.db'}" in output
+    assert (tmp_path / "var" / "work" / job_id).is_dir()
+    worker_log = (tmp_path / "var" / "work" / "worker.log").read_text()
+    assert f"database sqlite:///{tmp_path / 'pgd.db'}" in worker_log
     worker_pid = int(re.search(r"worker:\s+pid (\d+)", output).group(1))
     assert not Path(f"/proc/{worker_pid}").exists()  # stopped with the API

@@ -7,11 +7,14 @@ Start a worker with::
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
+from celery.signals import worker_ready
 from kombu import Queue
 
 from pgd_service.queue import QUEUES, transport_options
-from pgd_service.settings import Settings, get_settings
+from pgd_service.settings import Settings, get_settings, redacted
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -49,3 +52,17 @@ def make_celery(settings: Settings | None = None) -> Celery:
 
 
 celery_app = make_celery()
+
+
+@worker_ready.connect
+def _say_where(sender: object = None, **_: object) -> None:
+    """Which database, broker and folders this worker uses, absolute: a worker that
+    reads another database than its API would otherwise wait in silence."""
+    settings = celery_app.conf.pgd_settings
+    logging.getLogger("pgd.worker").warning(
+        "pgd worker ready: database %s, broker %s, work root %s, data root %s",
+        redacted(settings.database_url),
+        redacted(settings.broker_url),
+        settings.work_root,
+        settings.data_root,
+    )

@@ -123,9 +123,11 @@ def _config_file(work_dir: Path) -> Path | None:
     return configs[-1] if configs else None
 
 
-def _artifacts(result: Any, work_dir: Path) -> list[tuple[str, str, Path]]:
+def _artifacts(result: Any, work_dir: Path, kind: str) -> list[tuple[str, str, Path]]:
     found: list[tuple[str, str, Path]] = []
-    if result.checkpoint is not None:
+    # An evaluate job's checkpoint is its input (another job's, or a registered
+    # file outside the work root), not something it made.
+    if result.checkpoint is not None and kind != "evaluate":
         found.append(("checkpoint", "checkpoint", Path(result.checkpoint)))
     found.extend((f"plots/{p.name}", "plot", Path(p)) for p in result.plots)
     for name, path in (("log", _log_file(work_dir)), ("config", _config_file(work_dir))):
@@ -258,6 +260,11 @@ def finish(
                 delete(Artifact).where(Artifact.job_id == job.id, Artifact.name.in_(names))
             )
             for name, kind, path in outcome.artifacts:
+                if not Path(path).resolve().is_relative_to(settings.work_root.resolve()):
+                    # Recording it would need a path outside the work root; the
+                    # outcome matters more than one artifact.
+                    log.warning("job %s: artifact %s is outside the work root", job.id, path)
+                    continue
                 db_session.add(
                     Artifact(
                         job_id=job.id,
@@ -361,7 +368,7 @@ def execute(
             state,
             message=None if state == "succeeded" else f"stopped at iteration {result.iteration}",
             metrics=result.metrics if state == "succeeded" else {},
-            artifacts=_artifacts(result, work_dir),
+            artifacts=_artifacts(result, work_dir, spec.kind),
         )
         if (
             state == "succeeded"

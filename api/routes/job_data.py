@@ -131,7 +131,6 @@ def job_events(
     job_id: str,
     last_event_id: str | None = Header(None, max_length=128),
     token: Caller = Depends(current_token),
-    db_session: Session = Depends(get_db),
     settings: Settings = Depends(get_app_settings),
     session_factory: sessionmaker[Session] = Depends(get_session_factory),
 ) -> StreamingResponse:
@@ -140,7 +139,12 @@ def job_events(
     (past metrics are at ``/jobs/{id}/metrics``); a reconnecting client sending
     ``Last-Event-ID`` gets exactly the events it missed: metric points stored after
     that event, then the state if it changed since."""
-    job = _visible_job(job_id, token, db_session)
+    # Its own short session, closed before the stream starts: a request-scoped one
+    # (get_db) would hold a pooled connection for as long as the stream is open, and
+    # a few dozen open streams would starve every other request. Each poll of the
+    # stream takes a connection for one read and gives it back.
+    with session_factory() as db_session:
+        job = _visible_job(job_id, token, db_session)
     stream = service.event_stream(
         session_factory=session_factory,
         job_id=job.id,

@@ -37,7 +37,7 @@ def rejected(exc: service.SpecRejected) -> JSONResponse:
 )
 def create_job(
     spec: JobCreate,
-    idempotency_key: str | None = Header(None, max_length=128),
+    idempotency_key: str | None = Header(None, min_length=1, max_length=128),
     token: Caller = Depends(current_token),
     session_factory: sessionmaker[Session] = Depends(get_session_factory),
     settings: Settings = Depends(get_app_settings),

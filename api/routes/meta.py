@@ -11,7 +11,8 @@ from api.deps import get_app_settings, get_engine
 from api.problems import problem
 from api.schemas.catalogue import DatasetRead, PresetRead
 from api.services import health
-from pgd_core.data.manifest import list_datasets
+from api.services.jobs import dataset_info
+from pgd_core.data.manifest import dataset_names
 from pgd_core.presets import PRESETS, list_presets
 from pgd_service.settings import Settings
 
@@ -25,7 +26,8 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=dict[str, str], responses={503: {"description": "down"}})
+# Public, as /healthz: load balancers and Kubernetes probes carry no token.
+@public.get("/readyz", response_model=dict[str, str], responses={503: {"description": "down"}})
 async def readyz(
     engine: Engine = Depends(get_engine), settings: Settings = Depends(get_app_settings)
 ) -> dict[str, str] | JSONResponse:
@@ -58,15 +60,25 @@ def presets() -> list[PresetRead]:
 
 @router.get("/datasets")
 def datasets(settings: Settings = Depends(get_app_settings)) -> list[DatasetRead]:
-    """The data sets registered under the server's data root."""
+    """The data sets registered under the server's data root. One whose manifest or
+    files are broken is listed with ``usable`` false and why (the details, which
+    name server paths, are in the server log), not allowed to hide the others."""
     if not settings.data_root.is_dir():
         return []
-    return [
-        DatasetRead(
-            name=info.name,
-            format=info.format,
-            classes=list(info.classes),
-            splits=sorted(info.splits),
+    listed = []
+    for name in dataset_names(settings.data_root):
+        info = dataset_info(settings.data_root, name)
+        if isinstance(info, str):
+            listed.append(
+                DatasetRead(name=name, format="", classes=[], splits=[], usable=False, problem=info)
+            )
+            continue
+        listed.append(
+            DatasetRead(
+                name=info.name,
+                format=info.format,
+                classes=list(info.classes),
+                splits=sorted(info.splits),
+            )
         )
-        for info in list_datasets(settings.data_root)
-    ]
+    return listed

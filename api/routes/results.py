@@ -111,7 +111,7 @@ class ResultQuery(BaseModel):
         description=f"one of {', '.join(service.SORT_KEYS)}; a leading - sorts descending",
     )
     limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=1_000_000_000)
     format: Literal["json", "csv"] | None = Field(
         None, description="csv exports every matching row (up to 100000), ignoring limit/offset"
     )

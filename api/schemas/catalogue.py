@@ -17,3 +17,6 @@ class DatasetRead(BaseModel):
     format: str
     classes: list[str]
     splits: list[str]
+    usable: bool = True
+    #: Why it cannot be used (when ``usable`` is false).
+    problem: str | None = None

@@ -15,6 +15,19 @@ MAX_SWEEP_JOBS = 256
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
+#: A grid value is a field's value: a number, a string, or a short list or object of
+#: them (img_scale, level_weights), never deeply nested.
+MAX_VALUE_DEPTH = 4
+
+
+def _depth(value: Any, limit: int = MAX_VALUE_DEPTH + 1) -> int:
+    """Nesting depth of ``value`` (a scalar is 0), counted no further than ``limit``."""
+    if limit <= 0 or not isinstance(value, list | dict):
+        return 0
+    items = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(v, limit - 1) for v in items), default=0)
+
+
 class SweepCreate(BaseModel):
     """``base`` is a complete run spec; each grid key is a dotted path into it
     (``distill.alpha``, ``seed``, ``method``) with the values to try. One job is
@@ -35,6 +48,10 @@ class SweepCreate(BaseModel):
                 raise ValueError(f"'{path}' is not a dotted field path")
             if not values:
                 raise ValueError(f"'{path}' has no values")
+            if any(_depth(v) > MAX_VALUE_DEPTH for v in values):
+                raise ValueError(
+                    f"'{path}' has a value nested deeper than {MAX_VALUE_DEPTH} levels"
+                )
         size = math.prod(len(values) for values in grid.values())
         if size > MAX_SWEEP_JOBS:
             raise ValueError(f"{size} combinations, at most {MAX_SWEEP_JOBS} allowed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -93,18 +94,27 @@ def log_file(*, db_session: Session, job_id: str, work_root: Path) -> Path | Non
     return None if artifact is None else _confined(artifact, work_root)
 
 
-def tail_lines(path: Path, lines: int, chunk: int = 64 * 1024) -> str:
+def tail_lines(
+    path: Path, lines: int, chunk: int = 64 * 1024, max_bytes: int = 4 * 1024 * 1024
+) -> str:
     """The last ``lines`` lines of a text file, read backwards from its end in chunks
-    (a multi-gigabyte log costs no more than its tail). Invalid UTF-8 is replaced."""
+    (a multi-gigabyte log costs no more than its tail), at most its last
+    ``max_bytes`` (a log without newlines gives that much of its end, not all of
+    it). Each chunk is read and scanned once. Invalid UTF-8 is replaced."""
+    chunks: list[bytes] = []
+    newlines = read = 0
     with path.open("rb") as fh:
         position = fh.seek(0, 2)
-        data = b""
         # lines + 1 newlines guarantee the first kept line starts at a line boundary.
-        while position > 0 and data.count(b"\n") <= lines:
-            step = min(chunk, position)
+        while position > 0 and newlines <= lines and read < max_bytes:
+            step = min(chunk, position, max_bytes - read)
             position -= step
             fh.seek(position)
-            data = fh.read(step) + data
+            block = fh.read(step)
+            chunks.append(block)
+            newlines += block.count(b"\n")
+            read += step
+    data = b"".join(reversed(chunks))
     kept = data.splitlines(keepends=True)[-lines:]
     return b"".join(kept).decode("utf-8", errors="replace")
 
@@ -150,8 +160,12 @@ class StreamPosition:
             progress = float(match.group(4))
         except ValueError:
             return None
-        snapshot = _Snapshot(match.group(2), progress, int(match.group(3)))
-        return cls(int(match.group(1)), snapshot)
+        high_water, attempt = int(match.group(1)), int(match.group(3))
+        # Ids and attempts are 64-bit columns: a larger number was never sent here
+        # (and would overflow the database driver's parameter).
+        if high_water >= 2**63 or attempt >= 2**31 or not math.isfinite(progress):
+            return None
+        return cls(high_water, _Snapshot(match.group(2), progress, attempt))
 
 
 def _snapshot(session: Session, job_id: str) -> _Snapshot | None:

@@ -9,17 +9,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, bindparam, select, true
+from sqlalchemy import ColumnElement, bindparam, func, select, true
 from sqlalchemy.orm import Session
 
 from api.auth import Caller
 from pgd_core.data.manifest import MANIFEST_NAME, DatasetError, DatasetInfo, load_dataset_info
 from pgd_core.spec import ModelSpec, RunSpec
 from pgd_service import lifecycle
-from pgd_service.db.models import Job
+from pgd_service.db.models import JOB_KINDS, JOB_STATES, Job
 from pgd_service.settings import Settings
 
 log = logging.getLogger("pgd.jobs")
@@ -43,6 +43,32 @@ class IdempotencyConflict(Exception):
 
 class InvalidCursor(ValueError):
     """The pagination cursor was not produced by this API."""
+
+
+class TooManyJobs(Exception):
+    """The owner already has as many unfinished jobs as the server allows."""
+
+
+#: States of a job that still needs a worker.
+ACTIVE_STATES = ("waiting", "queued", "running", "cancelling")
+
+
+def check_quota(db_session: Session, settings: Settings, owner: str, adding: int) -> None:
+    """Raise TooManyJobs when ``adding`` more jobs would take ``owner`` past
+    ``limit_active_jobs`` unfinished ones."""
+    if settings.limit_active_jobs is None:
+        return
+    active = db_session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.owner == owner, Job.state.in_(ACTIVE_STATES))
+    )
+    limit = settings.limit_active_jobs
+    if limit is not None and (active or 0) + adding > limit:
+        raise TooManyJobs(
+            f"{owner} has {active} unfinished jobs; {adding} more would pass this server's "
+            f"limit of {limit} (PGD_LIMIT_ACTIVE_JOBS)"
+        )
 
 
 class SpecRejected(ValueError):
@@ -120,6 +146,8 @@ class RefChecker:
     data_root: Path
     weights_root: Path
     load_job: Callable[[str], JobRef | None]
+    #: The server's limits on what one job may ask for (None: none).
+    settings: Settings | None = None
     #: Dataset answers (:func:`dataset_info`) by name, filled as they are read; the
     #: caller may pass those it already has.
     datasets: dict[str, DatasetInfo | str] = field(default_factory=dict)
@@ -131,14 +159,14 @@ class RefChecker:
             row = db_session.execute(_JOB_REF, {"job_id": job_id}).mappings().first()
             return dict(row) if row is not None else None
 
-        return cls(settings.data_root, settings.weights_root, load)
+        return cls(settings.data_root, settings.weights_root, load, settings)
 
     def check(self, spec: RunSpec) -> CheckedRefs:
         """Raise SpecRejected naming every bad field; return the teacher job, if any.
 
         A teacher job that has not finished yet is accepted (the student waits for
         it); a checkpoint to evaluate must exist already."""
-        errors = self._dataset_errors(spec)
+        errors = self._dataset_errors(spec) + self._limit_errors(spec)
         refs = CheckedRefs()
         if spec.teacher_ref is not None:
             teacher_job_id, message, pending = self._model_ref(
@@ -151,9 +179,44 @@ class RefChecker:
             _, message, _ = self._model_ref(spec, spec.checkpoint_ref, spec.student, "student")
             if message:
                 errors.append({"field": "checkpoint_ref", "message": message})
+        if spec.kind != "evaluate" and spec.student.pretrained is not None:
+            message = self._weights(spec.student.pretrained)
+            if message:
+                errors.append({"field": "student.pretrained", "message": message})
         if errors:
             raise SpecRejected(errors)
         return refs
+
+    def _limit_errors(self, spec: RunSpec) -> list[dict[str, str]]:
+        """What ``spec`` asks for beyond the server's limits (PGD_LIMIT_*)."""
+        if self.settings is None:
+            return []
+        limits = self.settings
+        errors = []
+        checks = [
+            ("schedule.max_iters", spec.schedule.max_iters, limits.limit_max_iters),
+            ("schedule.batch_size", spec.schedule.batch_size, limits.limit_batch_size),
+            ("dataset.img_scale", max(spec.dataset.img_scale), limits.limit_image_side),
+            (
+                "dataset.multiscale_short",
+                max(spec.dataset.multiscale_short or (0,)),
+                limits.limit_image_side,
+            ),
+        ]
+        for name, value, limit in checks:
+            if value > limit:
+                errors.append(
+                    {"field": name, "message": f"{value} is over this server's limit of {limit}"}
+                )
+        return errors
+
+    def _weights(self, name: str) -> str | None:
+        """Why ``<weights_root>/<name>.pth`` cannot be used, or None."""
+        root = self.weights_root.resolve()
+        path = (root / f"{name}.pth").resolve()
+        if path.is_relative_to(root) and path.is_file():
+            return None
+        return f"no backbone weights named '{name}' are registered on this server"
 
     def _dataset(self, name: str) -> DatasetInfo | str:
         """The registered dataset, or why it cannot be used (no server paths in it)."""
@@ -244,13 +307,18 @@ def _model_mismatch(stored: Any, expected: ModelSpec) -> str | None:
     return ", ".join(diffs) or None
 
 
+StateFilter = Literal[JOB_STATES]  # type: ignore[valid-type]
+KindFilter = Literal[JOB_KINDS]  # type: ignore[valid-type]
+
+
 @dataclass(frozen=True)
 class JobFilters:
     """``GET /jobs`` filters; each one given must match exactly (``sweep`` and ``study``
     are ids)."""
 
-    state: str | None = None
-    kind: str | None = None
+    # Literal: an unknown state or kind is a 422 naming the filter, not an empty page.
+    state: StateFilter | None = None
+    kind: KindFilter | None = None
     detector: str | None = None
     dataset: str | None = None
     method: str | None = None
@@ -321,6 +389,13 @@ def create(
         if existing is None:
             raise
         return existing, False
+    try:
+        check_quota(db_session, settings, owner, 1)
+    except TooManyJobs:
+        existing = _replay(db_session, owner, idempotency_key, spec_hash)
+        if existing is None:
+            raise
+        return existing, False
     values = lifecycle.job_values(
         spec=spec,
         owner=owner,
@@ -380,9 +455,12 @@ def encode_cursor(seq: int) -> str:
 def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("s"):
+        if not text.startswith("s") or len(text) > 20:
             raise ValueError
-        return int(text[1:])
+        seq = int(text[1:])
+        if not 0 <= seq < 2**63:  # a sequence number is a 64-bit column
+            raise ValueError
+        return seq
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidCursor("cursor: not a cursor returned by this API") from None
 

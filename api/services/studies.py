@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from api.auth import Caller
 from api.services.groups import grouped_rows
 from api.services.job_data import group_summary
-from api.services.jobs import RefChecker, SpecRejected, store_and_send
+from api.services.jobs import RefChecker, SpecRejected, check_quota, store_and_send
 from api.services.results import ResultFilters
 from pgd_core.presets import paper_distill
 from pgd_core.spec import KD_METHODS, RunSpec
@@ -172,6 +172,7 @@ def create(
             raise SpecRejected(
                 [{**e, "field": f"{where}.{e['field']}"} for e in exc.errors]
             ) from None
+    check_quota(db_session, settings, owner, len(planned))
     study = Study(
         owner=owner,
         name=name,

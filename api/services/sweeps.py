@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import Caller
 from api.services.job_data import group_summary
-from api.services.jobs import RefChecker, SpecRejected, store_and_send
+from api.services.jobs import RefChecker, SpecRejected, check_quota, store_and_send
 from pgd_core.spec import RunSpec
 from pgd_service import lifecycle
 from pgd_service.db.models import Job, Sweep
@@ -86,6 +86,7 @@ def create(
             teachers.append(checker.check(spec))
         except SpecRejected as exc:
             raise CombinationRejected(combination, exc) from None
+    check_quota(db_session, settings, owner, len(specs))
     sweep = Sweep(owner=owner, grid=grid)
     db_session.add(sweep)
     db_session.flush()

@@ -286,16 +286,23 @@ def list_datasets(data_root: str | os.PathLike[str]) -> list[DatasetInfo]:
     manifest raises DatasetError rather than hiding the data set silently.
     """
     root = Path(data_root).resolve()
+    return [load_dataset_info(root, name) for name in dataset_names(root)]
+
+
+def dataset_names(data_root: str | os.PathLike[str]) -> list[str]:
+    """Names of the folders under ``data_root`` that hold a manifest, sorted (the
+    ones :func:`list_datasets` reads; a manifest is not read here)."""
+    root = Path(data_root).resolve()
     if not root.is_dir():
         raise DatasetError(f"{root}: data root does not exist")
-    infos = []
+    names = []
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
         if not entry.is_dir() or _NAME_RE.fullmatch(entry.name) is None:
             continue
         if len(entry.name) > _MAX_NAME_LEN or not (entry / MANIFEST_NAME).is_file():
             continue
-        infos.append(load_dataset_info(root, entry.name))
-    return infos
+        names.append(entry.name)
+    return names
 
 
 def write_manifest(
