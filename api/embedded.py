@@ -39,6 +39,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process the same settings."""
     env = dict(os.environ)
     for name, value in settings.model_dump(mode="json").items():
+        if value is None:  # unset (its default): "None" would not parse back
+            env.pop(f"PGD_{name.upper()}", None)
+            continue
         env[f"PGD_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
 
