@@ -31,3 +31,19 @@ def test_production_refuses_sqlite() -> None:
         _env_file=None, environment="production", database_url="postgresql+psycopg://db/pgd"
     )
     assert ok.environment == "production"
+
+
+def test_a_childs_environment_gives_back_the_same_settings(monkeypatch, tmp_path) -> None:
+    """What pgd up and the tests hand a worker: unset settings stay unset (a literal
+    "None" failed every worker at import), the rest round-trips."""
+    from api.embedded import settings_env
+
+    parent = Settings(_env_file=None, data_root=tmp_path / "d", limit_max_iters=5)
+    env = settings_env(parent)
+    assert "PGD_LIMIT_ACTIVE_JOBS" not in env
+    for name in [k for k in list(__import__("os").environ) if k.startswith("PGD_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("PGD_"):
+            monkeypatch.setenv(name, value)
+    assert Settings(_env_file=None) == parent
