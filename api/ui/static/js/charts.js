@@ -176,7 +176,8 @@ export function scatterChart(points, { title = "", xLabel = "", yLabel = "", wid
     x1 = Math.ceil(x1 * 2) / 2;
     if (x1 === x0) x1 = x0 + 0.5;
     for (let v = Math.ceil(x0); v <= x1; v += 1) xt.push(v);
-    if (xt.length < 2) xt.splice(0, xt.length, x0, x1);
+    // Less than two decades in view: round values inside it (0.5, 1, 2, ...), not 10^-0.5.
+    if (xt.length < 2) xt.splice(0, xt.length, ...ticks(10 ** x0, 10 ** x1, 4).filter((v) => v > 0).map(Math.log10));
   } else {
     x0 = Math.min(x0, xt[0]);
     x1 = Math.max(x1, xt[xt.length - 1]);
