@@ -377,7 +377,7 @@ def test_pgd_up_starts_api_and_worker_and_stops_both(tmp_path: Path):
     # Every relative default resolved against the folder pgd up ran in.
     assert f"database:     sqlite:///{tmp_path / 'pgd.db'}" in output
     assert f"broker:       sqla+sqlite:///{tmp_path / 'pgd-broker.db'}" in output
-    assert (tmp_path / "var" / "work" / job_id).is_dir()
+    assert (tmp_path / "var" / "work" / "jobs" / job_id).is_dir()
     worker_log = (tmp_path / "var" / "work" / "worker.log").read_text()
     assert f"database sqlite:///{tmp_path / 'pgd.db'}" in worker_log
     worker_pid = int(re.search(r"worker:\s+pid (\d+)", output).group(1))
