@@ -12,7 +12,6 @@ import argparse
 import getpass
 import os
 import sys
-from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -64,6 +63,7 @@ def _db_error(database_url: str, exc: SQLAlchemyError) -> int:
 def _token_list(with_revoked: bool) -> int:
     from sqlalchemy import select
 
+    from api.services.tokens import token_state
     from pgd_service.db.models import ApiToken
     from pgd_service.db.session import make_engine, make_session_factory
 
@@ -87,8 +87,7 @@ def _token_list(with_revoked: bool) -> int:
 
     print(f"{'id':>5}  {'owner':<20} {'name':<16} admin  {'last used':<16} {'expires':<16} state")
     for t in rows:
-        expired = t.expires_at is not None and t.expires_at <= datetime.now(UTC)
-        state = "revoked" if t.revoked_at else "expired" if expired else "active"
+        state = token_state(t)
         expires = when(t.expires_at) if t.expires_at else "never"
         print(
             f"{t.id:>5}  {t.owner:<20} {t.name or '':<16} {'yes' if t.is_admin else '':<5}  "

@@ -107,8 +107,10 @@ def resume_iteration(work_dir: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _relative(settings: Settings, path: Path) -> str:
-    return str(Path(path).resolve().relative_to(settings.work_root.resolve()))
+def _relative(settings: Settings, path: Path) -> str | None:
+    """``path`` relative to the work root; None when it lies outside it."""
+    resolved, root = Path(path).resolve(), settings.work_root.resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else None
 
 
 def _log_file(work_dir: Path) -> Path | None:
@@ -260,7 +262,8 @@ def finish(
                 delete(Artifact).where(Artifact.job_id == job.id, Artifact.name.in_(names))
             )
             for name, kind, path in outcome.artifacts:
-                if not Path(path).resolve().is_relative_to(settings.work_root.resolve()):
+                relative = _relative(settings, path)
+                if relative is None:
                     # Recording it would need a path outside the work root; the
                     # outcome matters more than one artifact.
                     log.warning("job %s: artifact %s is outside the work root", job.id, path)
@@ -270,7 +273,7 @@ def finish(
                         job_id=job.id,
                         name=name,
                         kind=kind,
-                        path=_relative(settings, path),
+                        path=relative,
                         size=Path(path).stat().st_size,
                     )
                 )

@@ -40,16 +40,8 @@ def _read(row: ApiToken, caller: Caller) -> TokenRead:
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
         current=row.id == caller.token_id,
-        state=_state(row),
+        state=service.token_state(row),
     )
-
-
-def _state(row: ApiToken) -> str:
-    if row.revoked_at is not None:
-        return "revoked"
-    if row.expires_at is not None and row.expires_at <= utcnow():
-        return "expired"
-    return "active"
 
 
 @router.get("", response_model=list[TokenRead])

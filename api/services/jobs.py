@@ -210,11 +210,15 @@ class RefChecker:
                 )
         return errors
 
-    def _weights(self, name: str) -> str | None:
-        """Why ``<weights_root>/<name>.pth`` cannot be used, or None."""
+    def _registered(self, name: str) -> bool:
+        """``<weights_root>/<name>.pth`` is a file inside the weights root."""
         root = self.weights_root.resolve()
         path = (root / f"{name}.pth").resolve()
-        if path.is_relative_to(root) and path.is_file():
+        return path.is_relative_to(root) and path.is_file()
+
+    def _weights(self, name: str) -> str | None:
+        """Why backbone weights ``name`` cannot be used, or None."""
+        if self._registered(name):
             return None
         return f"no backbone weights named '{name}' are registered on this server"
 
@@ -260,9 +264,7 @@ class RefChecker:
         to finish) for a job id or checkpoint name."""
         job = self._job(ref)
         if job is None:
-            root = self.weights_root.resolve()
-            path = (root / f"{ref}.pth").resolve()
-            if path.is_relative_to(root) and path.is_file():
+            if self._registered(ref):
                 return None, None, False
             return None, f"no job and no registered checkpoint is named '{ref}'", False
         job_id, state, kind, detector = job["id"], job["state"], job["kind"], job["detector"]

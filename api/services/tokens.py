@@ -12,6 +12,15 @@ from pgd_service.db.models import ApiToken
 from pgd_service.db.types import utcnow
 
 
+def token_state(row: ApiToken) -> str:
+    """``active``, ``expired`` or ``revoked``."""
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= utcnow():
+        return "expired"
+    return "active"
+
+
 def _visible(caller: Caller) -> list[Any]:
     """Conditions on the rows a caller may see: their own non-admin tokens, or all."""
     if caller.is_admin:
