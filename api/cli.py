@@ -165,23 +165,62 @@ def _token(argv: list[str]) -> int:
 
 def _worker(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="pgd worker", description="run a Celery worker with the service's settings"
+        prog="pgd worker",
+        description="run a Celery worker with the service's settings. Without --queues it "
+        "serves every job size its machine can host: gpu .. gpu-xN for N GPUs (detected, "
+        "or --gpus), cpu .. cpu-xM for jobs of up to M gloo processes (--cpu-processes).",
     )
-    parser.add_argument("--queues", default="gpu,cpu", help="comma-separated: gpu, cpu")
+    parser.add_argument(
+        "--queues",
+        default=None,
+        help="comma-separated, instead of the detected set: "
+        "gpu, cpu, gpu-x2 .. gpu-x8, cpu-x2 .. cpu-x8",
+    )
+    parser.add_argument(
+        "--gpus", type=int, default=None, help="GPUs this worker offers (default: detected)"
+    )
+    parser.add_argument(
+        "--cpu-processes",
+        type=int,
+        default=None,
+        help="most processes of one CPU job (default: the CPU count, at most 8; 0: no CPU jobs)",
+    )
     parser.add_argument("--concurrency", type=int, default=1, help="jobs at once")
     parser.add_argument("--hostname", default=None, help="Celery node name")
     args = parser.parse_args(argv)
-    unknown = set(args.queues.split(",")) - {"gpu", "cpu"}
-    if unknown:
-        print(f"error: --queues: unknown queue(s) {', '.join(sorted(unknown))}", file=sys.stderr)
-        return 2
     import os
     import socket
 
     from api.embedded import worker_command
+    from pgd_service.queue import MAX_PROCESSES, detect_gpus, parse_queues, worker_queues
 
+    for flag, value in (("--gpus", args.gpus), ("--cpu-processes", args.cpu_processes)):
+        if value is not None and not 0 <= value <= 64:
+            print(f"error: {flag} must be between 0 and 64, got {value}", file=sys.stderr)
+            return 2
+    try:
+        if args.queues is not None:
+            queues = parse_queues(args.queues)
+        else:
+            gpus = detect_gpus() if args.gpus is None else args.gpus
+            cpus = (
+                min(os.cpu_count() or 1, MAX_PROCESSES)
+                if args.cpu_processes is None
+                else args.cpu_processes
+            )
+            queues = worker_queues(gpus, cpus)
+    except ValueError as exc:
+        print(f"error: --queues: {exc}", file=sys.stderr)
+        return 2
+    if not queues:
+        print(
+            "error: this worker would serve no queue (no GPU and --cpu-processes 0)",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"pgd worker: queues {','.join(queues)}", file=sys.stderr, flush=True)
     name = args.hostname or f"pgd-{os.getpid()}@{socket.gethostname()}"
-    command = worker_command(args.queues, args.concurrency, name)
+    command = worker_command(",".join(queues), args.concurrency, name)
     os.execv(command[0], command)
     return 0  # pragma: no cover - execv does not return
 

@@ -18,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+from pgd_service.queue import local_queues
 from pgd_service.settings import Settings, redacted
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -82,9 +83,12 @@ def worker_command(queues: str, concurrency: int, name: str) -> list[str]:
 
 
 def start_worker(
-    settings: Settings, log_path: Path, *, queues: str = "gpu,cpu", concurrency: int = 1
+    settings: Settings, log_path: Path, *, queues: str | None = None, concurrency: int = 1
 ) -> subprocess.Popen[bytes]:
-    """One Celery worker process (its own process group) logging to ``log_path``."""
+    """One Celery worker process (its own process group) logging to ``log_path``; by
+    default it serves every job this machine can host (pgd_service.queue.local_queues)."""
+    if queues is None:
+        queues = ",".join(local_queues())
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # Unique per worker: Celery nodes with one name would share remote control.
     name = f"pgd-{os.getpid()}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"

@@ -58,6 +58,13 @@ def _cmd_make_shapes(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     spec = _load_spec(args)
+    if args.processes is not None:
+        try:
+            spec = RunSpec.model_validate(
+                {**spec.model_dump(mode="json"), "processes": args.processes}
+            )
+        except ValidationError as exc:
+            raise SystemExit(f"error: --processes: {exc.errors()[0]['msg']}") from None
     from pgd_core.runner import RunCallbacks, run_spec
 
     def progress(it: int, total: int) -> None:
@@ -118,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-root")
     p.add_argument("--teacher-checkpoint")
     p.add_argument("--checkpoint")
+    p.add_argument(
+        "--processes",
+        type=int,
+        help="data-parallel processes (GPUs, or gloo processes for a cpu spec), "
+        "launched with torchrun; the spec's batch size is split over them",
+    )
     p.set_defaults(func=_cmd_run)
     return parser
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgd_core.spec import DataSpec, DistillSpec, ModelSpec, RunSpec, ScheduleSpec
+from pgd_core.spec import DataSpec, Detector, DistillSpec, ModelSpec, RunSpec, ScheduleSpec
 
 #: Section 4 of the algorithm page: (temperature, alpha_kd, K) per detector;
 #: beta = alpha/2, gamma = 1.6 alpha, delta = 8e-4, lambda = 1.0..2.0 for all.
-PAPER_HYPER: dict[str, tuple[float, float, int]] = {
+PAPER_HYPER: dict[Detector, tuple[float, float, int]] = {
     "atss": (0.8, 0.08, 9),
     "ddod": (0.8, 0.08, 30),
     "fcos": (0.8, 0.04, 30),
@@ -56,7 +56,7 @@ _TINY_SCHEDULE = ScheduleSpec(
 )
 
 
-def paper_distill(detector: str, *, alpha: float | None = None) -> DistillSpec:
+def paper_distill(detector: Detector, *, alpha: float | None = None) -> DistillSpec:
     """The reference configs' PGD hyper-parameters for ``detector``."""
     temp, default_alpha, topk = PAPER_HYPER[detector]
     return DistillSpec(temp=temp, alpha=default_alpha if alpha is None else alpha, topk=topk)

@@ -27,6 +27,7 @@ from pgd_core.configs.runner import PLOT_DIR, runner_cfg
 from pgd_core.cost import ModelCost
 from pgd_core.data.manifest import load_dataset_info
 from pgd_core.data.validation import validate_split
+from pgd_core.distributed import any_rank, mean_across_ranks, rank, under_torchrun, world_size
 from pgd_core.spec import RunSpec
 
 
@@ -95,12 +96,26 @@ class CallbackHook(Hook):
             if not math.isfinite(value):
                 raise TrainingDiverged(it, name, value)
         cb = self.callbacks
-        if cb.on_metrics and (it % cb.metrics_interval == 0 or it == runner.max_iters):
-            values["lr"] = float(runner.optim_wrapper.get_lr()["lr"][0])
-            cb.on_metrics(it, values)
+        ranks = world_size()
+        # Under DDP every rank reaches the same iterations: the collectives below
+        # are called by all of them, whatever each one's callbacks are.
+        if (cb.on_metrics or ranks > 1) and (
+            it % cb.metrics_interval == 0 or it == runner.max_iters
+        ):
+            # A rank's losses cover its share of the batch; the reported value is
+            # the mean over the ranks, i.e. over the global batch.
+            values = mean_across_ranks(values)
+            if cb.on_metrics:
+                values["lr"] = float(runner.optim_wrapper.get_lr()["lr"][0])
+                cb.on_metrics(it, values)
         if cb.on_progress:
             cb.on_progress(it, runner.max_iters)
-        if cb.should_stop and it < runner.max_iters and cb.should_stop():
+        if it >= runner.max_iters:
+            return
+        stop = bool(cb.should_stop and cb.should_stop())
+        if ranks > 1:
+            stop = any_rank(stop)  # every rank stops at the same iteration
+        if stop:
             save_and_mark_last(runner)
             runner.train_loop.stop_training = True
             self.stopped = True
@@ -120,7 +135,8 @@ def save_and_mark_last(runner: Runner) -> Path:
         runner.work_dir, name, save_optimizer=True, save_param_scheduler=True, by_epoch=False
     )
     path = Path(runner.work_dir) / name
-    (Path(runner.work_dir) / "last_checkpoint").write_text(str(path))
+    if rank() == 0:  # save_checkpoint itself writes on rank 0 only
+        (Path(runner.work_dir) / "last_checkpoint").write_text(str(path))
     return path
 
 
@@ -213,8 +229,13 @@ def run_spec(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = True,
     callbacks: RunCallbacks | None = None,
+    dist_timeout_s: float = 1800.0,
 ) -> RunResult:
     """Train, distil or evaluate ``spec`` in ``work_dir``; evaluation closes every training.
+
+    A spec of ``processes`` > 1 runs as that many ranks under ``torchrun``
+    (:mod:`pgd_core.launch`); the callbacks are then called in this process,
+    with rank 0's progress and the metrics averaged over the ranks.
 
     Args:
         spec: the run.
@@ -225,13 +246,65 @@ def run_spec(
         checkpoint: the weights to evaluate (evaluate runs).
         resume: continue from ``work_dir``'s last checkpoint when there is one.
         callbacks: progress, metrics and stop hooks.
+        dist_timeout_s: a multi-process run whose ranks wait longer than this for
+            each other (one hung or gone) is stopped.
 
     Raises:
         TrainingDiverged: a loss became NaN or infinite.
         FileNotFoundError, DatasetError, ValueError: missing or bad inputs.
+        pgd_core.errors.RankFailed, RankLost: a rank of a multi-process run raised
+            (the rank's own exception is named) or died.
     """
     callbacks = callbacks or RunCallbacks()
     reports = check_data(spec, data_root)
+    if spec.processes > 1:
+        from pgd_core.launch import launch
+
+        return launch(
+            spec,
+            work_dir,
+            reports=reports,
+            data_root=data_root,
+            weights_root=weights_root,
+            teacher_checkpoint=teacher_checkpoint,
+            checkpoint=checkpoint,
+            resume=resume,
+            callbacks=callbacks,
+            timeout_s=dist_timeout_s,
+        )
+    return run_checked(
+        spec,
+        work_dir,
+        reports=reports,
+        data_root=data_root,
+        weights_root=weights_root,
+        teacher_checkpoint=teacher_checkpoint,
+        checkpoint=checkpoint,
+        resume=resume,
+        callbacks=callbacks,
+    )
+
+
+def run_checked(
+    spec: RunSpec,
+    work_dir: str | os.PathLike,
+    *,
+    reports: list[str],
+    data_root: str | os.PathLike,
+    weights_root: str | os.PathLike | None = None,
+    teacher_checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = True,
+    callbacks: RunCallbacks | None = None,
+) -> RunResult:
+    """:func:`run_spec` in this process once its data passed :func:`check_data`
+    (``reports``): the whole run, or one rank of a multi-process one."""
+    callbacks = callbacks or RunCallbacks()
+    if spec.processes > 1 and (not under_torchrun() or world_size() != spec.processes):
+        raise ValueError(
+            f"processes: the spec asks for {spec.processes} processes but this process is "
+            f"not one of {spec.processes} ranks; run_spec launches them with torchrun"
+        )
     runner = build_runner(
         spec,
         work_dir,

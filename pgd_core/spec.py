@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 Detector = Literal["fcos", "atss", "gfl", "autoassign", "ddod"]
 Kind = Literal["train", "distill", "evaluate"]
@@ -37,6 +45,8 @@ METHODS: tuple[str, ...] = get_args(Method)
 STRIDES: tuple[int, ...] = (8, 16, 32, 64, 128)
 PAPER_LEVEL_WEIGHTS: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0)
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+#: Most data-parallel processes (GPUs) one run may ask for: one machine's worth.
+MAX_PROCESSES = 8
 
 
 #: An image side in pixels (8K is past any detection benchmark's test size).
@@ -45,7 +55,15 @@ ImageSide = Annotated[int, Field(gt=0, le=8192)]
 
 class _Frozen(BaseModel):
     # NaN and infinities are refused by name: JSON cannot carry them back out.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Strict: "max_iters": "20", true or 20.5 is an error naming the field, never
+    # a silent conversion (an integer for a float field is fine).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_lists_are_tuples(cls, value: Any) -> Any:
+        # JSON has no tuples; strict validation would refuse every list.
+        return tuple(value) if isinstance(value, list) else value
 
 
 class ModelSpec(_Frozen):
@@ -202,6 +220,14 @@ class RunSpec(_Frozen):
         "cuda",
         description="where it runs: 'cuda' jobs go to GPU workers, 'cpu' jobs to CPU workers",
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=MAX_PROCESSES,
+        description="data-parallel processes on one machine: one per GPU for 'cuda' runs "
+        "(NCCL), gloo processes for 'cpu' runs; schedule.batch_size is the global batch, "
+        "split evenly over them",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RunSpec:
@@ -210,15 +236,26 @@ class RunSpec(_Frozen):
         return self
 
     def spec_hash(self) -> str:
-        """SHA-256 of the canonical JSON form (defaults filled in)."""
-        return _sha256(self.model_dump(mode="json"))
+        """SHA-256 of the canonical JSON form (defaults filled in; ``processes`` only
+        when above 1, so that a spec's hash is the one it had before the field existed)."""
+        data = self.model_dump(mode="json")
+        if data["processes"] == 1:
+            del data["processes"]
+        return _sha256(data)
 
     def config_hash(self) -> str:
-        """SHA-256 of everything but the seed: runs that differ only by seed share it
-        (the leaderboard groups them)."""
+        """SHA-256 of everything but the seed and the process count: runs that differ
+        only by seed share it (the leaderboard groups them), and so do runs of one
+        global batch on 1 or 8 GPUs."""
         data = self.model_dump(mode="json")
         data.pop("seed")
+        data.pop("processes")
         return _sha256(data)
+
+    @property
+    def batch_per_process(self) -> int:
+        """Images per iteration on each process (the spec checks it divides evenly)."""
+        return self.schedule.batch_size // self.processes
 
     def baseline_spec(self) -> RunSpec | None:
         """The no-KD control of a distill run: the same student, data, schedule, seed
@@ -266,6 +303,11 @@ def _problems(spec: RunSpec) -> list[str]:
         problems.append(
             f"dataset.val_split: '{spec.dataset.val_split}' is also the training split; "
             "a model evaluated on its own training images scores what it memorised"
+        )
+    if spec.kind != "evaluate" and spec.schedule.batch_size % spec.processes:
+        problems.append(
+            f"schedule.batch_size: {spec.schedule.batch_size} images per iteration cannot be "
+            f"split evenly over {spec.processes} processes; use a multiple of {spec.processes}"
         )
     if spec.kind == "evaluate" and spec.checkpoint_ref is None:
         problems.append("checkpoint_ref: an 'evaluate' run needs the checkpoint to evaluate")

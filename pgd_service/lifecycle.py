@@ -13,6 +13,7 @@ Read top to bottom, this module is the state machine of docs/architecture.md::
     running --cancel-----------------> cancelling               cancel
     running --heartbeat stale--------> queued (attempt + 1)     lose_worker
     running --lost max_attempts times> failed (worker_lost)     lose_worker
+    running --a rank died------------> queued (attempt + 1)     requeue_lost_rank
     cancelling --heartbeat stale-----> cancelled                lose_worker
     failed/cancelled --retry---------> queued | waiting         retry
 
@@ -73,11 +74,14 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("queued", "running"): "claim: a worker with the message of this attempt",
     ("queued", "cancelled"): "cancel: the API",
     ("running", "succeeded"): "finish: the worker",
-    ("running", "failed"): "finish: the worker; lose_worker after max_attempts losses",
+    ("running", "failed"): "finish: the worker; lose_worker, requeue_lost_rank after "
+    "max_attempts losses",
     ("running", "cancelled"): "finish: the worker stopped at a cancel it saw itself",
     ("running", "cancelling"): "cancel: the API (the worker stops at its next poll)",
-    ("running", "queued"): "lose_worker: maintenance, heartbeat stale, attempts left",
-    ("cancelling", "cancelled"): "finish: the worker stopped; lose_worker: maintenance",
+    ("running", "queued"): "lose_worker: maintenance, heartbeat stale, attempts left; "
+    "requeue_lost_rank: the worker, a rank of its multi-process run died",
+    ("cancelling", "cancelled"): "finish: the worker stopped; lose_worker: maintenance; "
+    "requeue_lost_rank",
     ("cancelling", "succeeded"): "finish: the worker ended before it saw the cancel",
     ("cancelling", "failed"): "finish: the worker failed before it saw the cancel",
     ("failed", "queued"): "retry: the API",
@@ -104,6 +108,26 @@ def _set(
         update(Job).where(*guard).values(**values).execution_options(synchronize_session=False)
     )
     return rowcount(result) == 1
+
+
+def _set_returning(
+    db_session: Session, guard: Iterable[ColumnElement[bool]], values: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """:func:`_set`, returning what a sender needs of the row it wrote (id, attempt,
+    spec, task_id) as the UPDATE left it, or None when the guard matched nothing.
+
+    A transition that queues a job sends exactly the attempt it produced: reading
+    the row again after the commit could see a later attempt (a cancel and a second
+    retry in between) and send that one twice and this one never.
+    """
+    row = db_session.execute(
+        update(Job)
+        .where(*guard)
+        .values(**values)
+        .returning(*(getattr(Job, c) for c in _SEND_FIELDS))
+        .execution_options(synchronize_session=False)
+    ).first()
+    return None if row is None else dict(row._mapping)
 
 
 # -- (new) -> queued | waiting ---------------------------------------------------
@@ -279,7 +303,7 @@ class Settled:
 def release(db_session: Session, settings: Settings, job_id: str) -> bool:
     """waiting -> queued, stored already marked as sent, then sent (commits)."""
     now = utcnow()
-    stored = _set(
+    produced = _set_returning(
         db_session,
         (Job.id == job_id, Job.state == "waiting"),
         {
@@ -291,11 +315,9 @@ def release(db_session: Session, settings: Settings, job_id: str) -> bool:
         },
     )
     db_session.commit()
-    if not stored:
+    if produced is None:
         return False
-    job = db_session.get(Job, job_id, populate_existing=True)
-    if job is not None and job.state == "queued":
-        send(db_session, settings, job)
+    send(db_session, settings, produced)
     return True
 
 
@@ -480,35 +502,75 @@ def lose_worker(
     if state not in ACTIVE:
         return None
     now = utcnow()
-    if state == "cancelling":
-        values: dict[str, Any] = {"state": "cancelled", "finished_at": now}
-    elif lost_count + 1 >= max_attempts:
-        values = {
-            "state": "failed",
-            "reason": "worker_lost",
-            "message": f"the worker was lost {lost_count + 1} times "
-            f"(max_attempts = {max_attempts})",
-            "lost_count": lost_count + 1,
-            "finished_at": now,
-        }
-    else:
-        values = {
-            "state": "queued",
-            "attempt": attempt + 1,
-            "lost_count": lost_count + 1,
-            "worker": None,
-            "heartbeat_at": None,
-            # Never sent for the new attempt: the re-sender sends it.
-            "enqueued_at": None,
-            "message": f"attempt {attempt} lost its worker; resuming from the last checkpoint",
-        }
+    values = _lost_values(
+        state,
+        attempt,
+        lost_count,
+        max_attempts,
+        lost="the worker was lost",
+        resumed=f"attempt {attempt} lost its worker",
+    )
+    values["updated_at"] = now
     guard = (
         Job.id == job_id,
         Job.state == state,
         Job.attempt == attempt,
         or_(Job.heartbeat_at < stale, Job.heartbeat_at.is_(None)),
     )
-    moved = _set(db_session, guard, {"updated_at": now, **values})
+    moved = _set(db_session, guard, values)
+    db_session.commit()
+    return values["state"] if moved else None
+
+
+def _lost_values(
+    state: str, attempt: int, lost_count: int, max_attempts: int, *, lost: str, resumed: str
+) -> dict[str, Any]:
+    """The columns of a job whose attempt ended without an outcome: cancelled if it
+    was cancelling, queued for the next attempt (resuming from its last
+    checkpoint), or failed (``worker_lost``) the ``max_attempts``-th time."""
+    now = utcnow()
+    if state == "cancelling":
+        return {"state": "cancelled", "finished_at": now}
+    if lost_count + 1 >= max_attempts:
+        return {
+            "state": "failed",
+            "reason": "worker_lost",
+            "message": f"{lost} {lost_count + 1} times (max_attempts = {max_attempts})",
+            "lost_count": lost_count + 1,
+            "finished_at": now,
+        }
+    return {
+        "state": "queued",
+        "attempt": attempt + 1,
+        "lost_count": lost_count + 1,
+        "worker": None,
+        "heartbeat_at": None,
+        # Never sent for the new attempt: the caller or the re-sender sends it.
+        "enqueued_at": None,
+        "message": f"{resumed}; resuming from the last checkpoint",
+    }
+
+
+def requeue_lost_rank(db_session: Session, job_id: str, attempt: int, how: str) -> str | None:
+    """The worker holding ``attempt`` saw one rank of its multi-process run die (a
+    signal, the OOM killer): running -> queued with the attempt raised, or failed
+    (``worker_lost``) the ``max_attempts``-th time; cancelling -> cancelled. Commits;
+    returns the new state, or None when the worker no longer holds the attempt."""
+    job = db_session.execute(
+        select(Job.state, Job.lost_count, Job.max_attempts).where(*owned(job_id, attempt))
+    ).first()
+    if job is None:
+        return None
+    values = _lost_values(
+        job.state,
+        attempt,
+        job.lost_count,
+        job.max_attempts,
+        lost=f"a rank was lost ({how})",
+        resumed=f"attempt {attempt}: {how}",
+    )
+    values["updated_at"] = utcnow()
+    moved = _set(db_session, (*owned(job_id, attempt), Job.state == job.state), values)
     db_session.commit()
     return values["state"] if moved else None
 
@@ -560,7 +622,7 @@ def retry(db_session: Session, settings: Settings, job: Job) -> bool:
     target = state_after_retry(db_session, job)
     waiting = target == "waiting"
     now = utcnow()
-    changed = _set(
+    produced = _set_returning(
         db_session,
         (Job.id == job.id, Job.state.in_(RETRYABLE)),
         {
@@ -580,13 +642,15 @@ def retry(db_session: Session, settings: Settings, job: Job) -> bool:
         },
     )
     db_session.commit()
-    db_session.refresh(job)
-    if not changed:
+    if produced is None:
+        db_session.refresh(job)
         return False
     if waiting:
         # The teacher may have finished since it was read.
         settle_students(db_session, settings, job.teacher_job_id or "")
     else:
-        send(db_session, settings, job)  # a failed send leaves it to the re-sender
+        # This retry's attempt, whatever happened to the row since (a failed send
+        # leaves it to the re-sender).
+        send(db_session, settings, produced)
     db_session.refresh(job)
     return True

@@ -109,6 +109,11 @@ class Settings(BaseSettings):
         description="export each measured model to ONNX (artifact model.onnx) and check "
         "onnxruntime's outputs against PyTorch's; a failed export is a warning on the job",
     )
+    dist_timeout_s: PositiveFloat = Field(
+        1800.0,
+        description="a multi-process job whose ranks wait this long for each other (one "
+        "hung or gone) is stopped; its ranks' collectives raise and torchrun ends the group",
+    )
     token_cache_s: float = Field(
         0.0,
         ge=0,

@@ -139,6 +139,42 @@ def test_cuda_jobs_go_to_the_gpu_queue(
     assert _messages(queues, "cpu") == []
 
 
+@pytest.mark.parametrize(
+    ("device", "processes", "queue"), [("cpu", 2, "cpu-x2"), ("cuda", 8, "gpu-x8")]
+)
+def test_a_job_of_n_processes_waits_in_the_queue_of_n_devices(
+    app: FastAPI,
+    client: httpx.Client,
+    alice: Headers,
+    queues: redis.Redis,
+    device: str,
+    processes: int,
+    queue: str,
+) -> None:
+    spec = _spec(device=device, processes=processes)
+    spec["schedule"]["batch_size"] = 8  # the global batch: one image per GPU at 8
+    response = client.post("/jobs", json=spec, headers=alice)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert [m["args"] for m in _messages(queues, queue)] == [[job_id, 0]]
+    # Nowhere a worker with fewer devices would take it.
+    assert all(_messages(queues, q) == [] for q in enqueue.QUEUES if q != queue)
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused(
+    app: FastAPI, client: httpx.Client, alice: Headers, queues: redis.Redis
+) -> None:
+    spec = _spec(processes=4)
+    spec["schedule"]["batch_size"] = 6
+    response = client.post("/jobs", json=spec, headers=alice)
+    assert response.status_code == 422, response.text
+    text = response.text
+    assert "schedule.batch_size" in text and "6 images" in text and "4 processes" in text
+    too_many = client.post("/jobs", json=_spec(processes=9), headers=alice)
+    assert too_many.status_code == 422 and "processes" in too_many.text
+    assert all(_messages(queues, q) == [] for q in enqueue.QUEUES)
+
+
 def test_idempotent_replay_sends_nothing_new(
     app: FastAPI, client: httpx.Client, alice: Headers, queues: redis.Redis
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -48,16 +49,23 @@ def client(app: FastAPI) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def alice(app: FastAPI) -> Headers:
-    return bearer(app, f"u-{uuid.uuid4().hex[:8]}")
+def owner() -> str:
+    return f"u-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def alice(app: FastAPI, owner: str) -> Headers:
+    return bearer(app, owner)
 
 
 def _spec(name: str = "tiny-fcos-pgd", **changes: Any) -> dict[str, Any]:
     return get_preset(name).model_dump(mode="json") | changes
 
 
-def _add_job(app: FastAPI, state: str, preset: str = "tiny-fcos-teacher", **values: Any) -> str:
-    """A job of another owner stored directly, with the preset's spec."""
+def _add_job(
+    app: FastAPI, state: str, preset: str = "tiny-fcos-teacher", *, owner: str, **values: Any
+) -> str:
+    """A job of ``owner`` stored directly, with the preset's spec."""
     spec = get_preset(preset)
     fields: dict[str, Any] = {
         "kind": spec.kind,
@@ -66,7 +74,7 @@ def _add_job(app: FastAPI, state: str, preset: str = "tiny-fcos-teacher", **valu
         "method": spec.method,
         "spec": spec.model_dump(mode="json"),
         "spec_hash": spec.spec_hash(),
-        "owner": "bob",
+        "owner": owner,
         "max_attempts": 3,
         "state": state,
     }
@@ -142,9 +150,9 @@ def test_unknown_teacher_ref(app: FastAPI, client: httpx.Client, alice: Headers)
 
 @pytest.mark.parametrize("state", ["failed", "cancelled"])
 def test_teacher_job_must_have_succeeded_or_be_unfinished(
-    app: FastAPI, client: httpx.Client, alice: Headers, state: str
+    app: FastAPI, client: httpx.Client, alice: Headers, state: str, owner: str
 ) -> None:
-    teacher = _add_job(app, state)
+    teacher = _add_job(app, state, owner=owner)
     assert _rejected(app, client, alice, _spec(teacher_ref=teacher)) == [
         {
             "field": "teacher_ref",
@@ -155,9 +163,9 @@ def test_teacher_job_must_have_succeeded_or_be_unfinished(
 
 @pytest.mark.parametrize("state", ["waiting", "queued", "running"])
 def test_a_student_of_an_unfinished_teacher_waits_for_it(
-    app: FastAPI, client: httpx.Client, alice: Headers, state: str
+    app: FastAPI, client: httpx.Client, alice: Headers, state: str, owner: str
 ) -> None:
-    teacher = _add_job(app, state)
+    teacher = _add_job(app, state, owner=owner)
     response = client.post("/jobs", json=_spec(teacher_ref=teacher), headers=alice)
     assert response.status_code == 202, response.text
     job = response.json()
@@ -165,9 +173,9 @@ def test_a_student_of_an_unfinished_teacher_waits_for_it(
 
 
 def test_teacher_job_must_make_a_checkpoint(
-    app: FastAPI, client: httpx.Client, alice: Headers
+    app: FastAPI, client: httpx.Client, alice: Headers, owner: str
 ) -> None:
-    evaluation = _add_job(app, "succeeded", kind="evaluate")
+    evaluation = _add_job(app, "succeeded", kind="evaluate", owner=owner)
     assert _rejected(app, client, alice, _spec(teacher_ref=evaluation)) == [
         {
             "field": "teacher_ref",
@@ -178,9 +186,9 @@ def test_teacher_job_must_make_a_checkpoint(
 
 
 def test_teacher_job_must_have_the_same_detector(
-    app: FastAPI, client: httpx.Client, alice: Headers
+    app: FastAPI, client: httpx.Client, alice: Headers, owner: str
 ) -> None:
-    teacher = _add_job(app, "succeeded", "tiny-atss-teacher")
+    teacher = _add_job(app, "succeeded", "tiny-atss-teacher", owner=owner)
     assert _rejected(app, client, alice, _spec(teacher_ref=teacher)) == [
         {
             "field": "teacher_ref",
@@ -190,9 +198,9 @@ def test_teacher_job_must_have_the_same_detector(
 
 
 def test_teacher_job_must_have_the_teacher_model(
-    app: FastAPI, client: httpx.Client, alice: Headers
+    app: FastAPI, client: httpx.Client, alice: Headers, owner: str
 ) -> None:
-    teacher = _add_job(app, "succeeded")
+    teacher = _add_job(app, "succeeded", owner=owner)
     spec = _spec(teacher_ref=teacher)
     spec["teacher"] = spec["teacher"] | {"pretrained": "r34-imagenet", "num_classes": 3}
     assert _rejected(app, client, alice, spec) == [
@@ -205,16 +213,56 @@ def test_teacher_job_must_have_the_teacher_model(
     ]
 
 
-def test_succeeded_teacher_job_of_another_owner_is_used(
-    app: FastAPI, client: httpx.Client, alice: Headers
+def test_a_succeeded_teacher_job_of_the_caller_is_used(
+    app: FastAPI, client: httpx.Client, alice: Headers, owner: str
 ) -> None:
-    teacher = _add_job(app, "succeeded")
+    teacher = _add_job(app, "succeeded", owner=owner)
     response = client.post("/jobs", json=_spec(teacher_ref=teacher), headers=alice)
     assert response.status_code == 202, response.text
     job = response.json()
     assert (job["teacher_job_id"], job["spec"]["teacher_ref"]) == (teacher, teacher)
     with app.state.session_factory() as session:
         assert session.scalar(sa.select(Job.teacher_job_id).where(Job.id == job["id"])) == teacher
+
+
+@pytest.mark.parametrize("state", ["succeeded", "failed", "running"])
+def test_another_owners_job_is_no_job_to_a_reference(
+    app: FastAPI, client: httpx.Client, alice: Headers, state: str
+) -> None:
+    """Bob's job, whatever its state, reads as a name that does not exist: Alice can
+    neither distil from it, evaluate it (and so download its weights through her
+    job), nor learn its state or model from the error. An admin may use it."""
+    bobs = _add_job(app, state, owner="bob")
+    nothing = str(uuid.uuid4())
+    for field, spec in (
+        ("teacher_ref", _spec(teacher_ref=bobs)),
+        ("checkpoint_ref", _spec("tiny-fcos-teacher", kind="evaluate", checkpoint_ref=bobs)),
+    ):
+        refused = _rejected(app, client, alice, spec)
+        missing = [
+            e | {"message": e["message"].replace(nothing, bobs)}
+            for e in _rejected(
+                app, client, alice, json.loads(json.dumps(spec).replace(bobs, nothing))
+            )
+        ]
+        assert (
+            refused
+            == missing
+            == [
+                {
+                    "field": field,
+                    "message": f"no job and no registered checkpoint is named '{bobs}'",
+                }
+            ]
+        )
+    sweep = {"base": _spec(teacher_ref=bobs), "grid": {"seed": [1, 2]}}
+    response = client.post("/sweeps", json=sweep, headers=alice)
+    assert response.status_code == 422 and "no job and no registered checkpoint" in response.text
+    admin = bearer(app, "root", is_admin=True)
+    if state != "failed":
+        response = client.post("/jobs", json=_spec(teacher_ref=bobs), headers=admin)
+        assert response.status_code == 202, response.text
+        assert response.json()["teacher_job_id"] == bobs
 
 
 def test_registered_checkpoint_is_a_teacher(
@@ -226,9 +274,9 @@ def test_registered_checkpoint_is_a_teacher(
 
 
 def test_several_problems_are_reported_together(
-    app: FastAPI, client: httpx.Client, alice: Headers
+    app: FastAPI, client: httpx.Client, alice: Headers, owner: str
 ) -> None:
-    teacher = _add_job(app, "failed")
+    teacher = _add_job(app, "failed", owner=owner)
     spec = _spec(teacher_ref=teacher, dataset={"name": "nope"})
     assert [e["field"] for e in _rejected(app, client, alice, spec)] == [
         "dataset.name",
@@ -241,9 +289,9 @@ def _evaluate(checkpoint_ref: str) -> dict[str, Any]:
 
 
 def test_evaluate_checkpoint_job_must_have_succeeded(
-    app: FastAPI, client: httpx.Client, alice: Headers
+    app: FastAPI, client: httpx.Client, alice: Headers, owner: str
 ) -> None:
-    running = _add_job(app, "running")
+    running = _add_job(app, "running", owner=owner)
     assert _rejected(app, client, alice, _evaluate(running)) == [
         {"field": "checkpoint_ref", "message": f"job {running} is running, not succeeded"}
     ]
@@ -256,9 +304,9 @@ def test_evaluate_checkpoint_job_must_have_succeeded(
 
 
 def test_evaluate_checkpoint_job_must_have_the_student_model(
-    app: FastAPI, client: httpx.Client, alice: Headers
+    app: FastAPI, client: httpx.Client, alice: Headers, owner: str
 ) -> None:
-    student = _add_job(app, "succeeded", "tiny-fcos-student")
+    student = _add_job(app, "succeeded", "tiny-fcos-student", owner=owner)
     assert _rejected(app, client, alice, _evaluate(student)) == [
         {
             "field": "checkpoint_ref",
@@ -269,9 +317,9 @@ def test_evaluate_checkpoint_job_must_have_the_student_model(
 
 
 def test_evaluate_a_succeeded_job_or_a_checkpoint(
-    app: FastAPI, client: httpx.Client, alice: Headers
+    app: FastAPI, client: httpx.Client, alice: Headers, owner: str
 ) -> None:
-    trained = _add_job(app, "succeeded")
+    trained = _add_job(app, "succeeded", owner=owner)
     for ref in (trained, "fcos-teacher"):
         response = client.post("/jobs", json=_evaluate(ref), headers=alice)
         assert response.status_code == 202, response.text
@@ -301,10 +349,10 @@ def test_sweep_rejects_a_combination_naming_an_unknown_dataset(
 
 
 def test_sweep_rejects_a_teacher_that_has_not_succeeded(
-    app: FastAPI, client: httpx.Client, alice: Headers
+    app: FastAPI, client: httpx.Client, alice: Headers, owner: str
 ) -> None:
     before = _counts(app)
-    good, bad = _add_job(app, "succeeded"), _add_job(app, "failed")
+    good, bad = _add_job(app, "succeeded", owner=owner), _add_job(app, "failed", owner=owner)
     body = {"base": _spec(), "grid": {"teacher_ref": [good, bad]}}
     response = client.post("/sweeps", json=body, headers=alice)
     assert response.status_code == 422, response.text
@@ -315,9 +363,9 @@ def test_sweep_rejects_a_teacher_that_has_not_succeeded(
 
 
 def test_sweep_jobs_point_to_their_teacher_job(
-    app: FastAPI, client: httpx.Client, alice: Headers
+    app: FastAPI, client: httpx.Client, alice: Headers, owner: str
 ) -> None:
-    teacher = _add_job(app, "succeeded")
+    teacher = _add_job(app, "succeeded", owner=owner)
     body = {"base": _spec(teacher_ref=teacher), "grid": {"seed": [0, 1]}}
     response = client.post("/sweeps", json=body, headers=alice)
     assert response.status_code == 202, response.text

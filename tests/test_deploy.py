@@ -25,7 +25,9 @@ def test_compose_has_the_production_services():
     services = compose()["services"]
     assert {"api", "worker", "postgres", "redis", "flower", "migrate"} <= services.keys()
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
-    assert (gpu["driver"], gpu["capabilities"]) == ("nvidia", ["gpu"])
+    assert (gpu["driver"], gpu["capabilities"], gpu["count"]) == ("nvidia", ["gpu"], "all")
+    # A GPU worker serves the GPU sizes its machine has, and no CPU job.
+    assert services["worker"]["command"][:4] == ["pgd", "worker", "--cpu-processes", "0"]
     for name in ("api", "worker", "migrate"):
         env = services[name]["environment"]
         assert env["PGD_DATABASE_URL"].startswith("postgresql+psycopg://")
@@ -53,7 +55,8 @@ def test_celery_settings_for_long_gpu_jobs():
     assert (conf.worker_prefetch_multiplier, conf.worker_max_tasks_per_child) == (1, 1)
     assert conf.broker_transport_options == {"visibility_timeout": 7 * 24 * 3600}
     assert (conf.task_serializer, conf.accept_content) == ("json", ["json"])
-    assert sorted(q.name for q in conf.task_queues) == ["cpu", "gpu"]
+    names = {q.name for q in conf.task_queues}
+    assert names == {"gpu", "cpu"} | {f"{d}-x{n}" for d in ("gpu", "cpu") for n in range(2, 9)}
     assert conf.worker_cancel_long_running_tasks_on_connection_loss is False
 
 

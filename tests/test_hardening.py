@@ -94,6 +94,28 @@ def test_non_finite_numbers_are_refused_by_field(client, token_for):
         assert field in found and "finite" in found[field], found
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("schedule", "max_iters", "20", "valid integer"),
+        ("schedule", "max_iters", True, "valid integer"),
+        ("schedule", "max_iters", 20.5, "valid integer"),
+        ("schedule", "lr", "0.01", "valid number"),
+        ("student", "use_dcn", 1, "valid boolean"),
+        ("student", "depth", "18", "18"),
+    ],
+)
+def test_numbers_and_booleans_are_never_coerced(client, token_for, section, key, value, expected):
+    data = spec()
+    data[section] = {**data[section], key: value}
+    found = errors(client.post("/jobs", json=data, headers=token_for()))
+    assert f"{section}.{key}" in found and expected in found[f"{section}.{key}"], found
+    # The same field as JSON's own type is accepted; an integer is a fine float.
+    ok = spec()
+    ok["schedule"] = {**ok["schedule"], "lr": 1, "max_iters": 20}
+    assert client.post("/jobs", json=ok, headers=token_for()).status_code == 202
+
+
 def test_bodies_past_the_limit_are_413_and_lists_are_bounded(client, token_for):
     alice = token_for()
     big = spec()

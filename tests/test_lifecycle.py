@@ -107,6 +107,10 @@ def _lose(s: Session, settings: Any, job_id: str) -> Any:
     )
 
 
+def _rank_lost(s: Session, settings: Any, job_id: str) -> Any:
+    return lifecycle.requeue_lost_rank(s, job_id, _get(s, job_id).attempt, "killed by SIGKILL")
+
+
 def _claim(s: Session, settings: Any, job_id: str) -> Any:
     return lifecycle.claim(s, job_id, _get(s, job_id).attempt, "w1")
 
@@ -171,6 +175,25 @@ def test_the_lost_worker_fails_the_job_at_max_attempts(app: FastAPI, session: Se
     assert (job.state, job.reason, job.lost_count) == ("failed", "worker_lost", 3)
 
 
+def test_a_lost_rank_requeues_its_attempt_once_and_fails_at_max_attempts(
+    app: FastAPI, session: Session
+) -> None:
+    job_id = _job(session, "running", attempt=1, lost_count=1)
+    assert lifecycle.requeue_lost_rank(session, job_id, 0, "killed by SIGKILL") is None  # stale
+    assert _rank_lost(session, app.state.settings, job_id) == "queued"
+    job = _get(session, job_id)
+    assert (job.state, job.attempt, job.lost_count, job.enqueued_at) == ("queued", 2, 2, None)
+    assert job.message == "attempt 1: killed by SIGKILL; resuming from the last checkpoint"
+    assert _rank_lost(session, app.state.settings, job_id) is None  # no longer running
+    last = _job(session, "running", lost_count=2)
+    assert _rank_lost(session, app.state.settings, last) == "failed"
+    job = _get(session, last)
+    assert (job.state, job.reason, job.lost_count) == ("failed", "worker_lost", 3)
+    assert job.message == "a rank was lost (killed by SIGKILL) 3 times (max_attempts = 3)"
+    stopping = _job(session, "cancelling")
+    assert _rank_lost(session, app.state.settings, stopping) == "cancelled"
+
+
 def test_a_queued_job_that_cannot_be_sent_is_left_to_the_resender(
     app: FastAPI, session: Session
 ) -> None:
@@ -187,6 +210,7 @@ OWNERS: dict[str, tuple[tuple[str, ...], Move]] = {
     "cancel": (lifecycle.CANCELLABLE, _cancel),
     "retry": (lifecycle.RETRYABLE, _retry),
     "lose_worker": (lifecycle.ACTIVE, _lose),
+    "requeue_lost_rank": (lifecycle.ACTIVE, _rank_lost),
 }
 
 
@@ -273,3 +297,48 @@ def test_routes_hold_no_sql_and_reach_the_app_one_way() -> None:
                 assert not (isinstance(node.value, ast.Attribute) and node.value.attr == "app"), (
                     f"{path.name}:{node.lineno} reads app.state"
                 )
+
+
+@pytest.mark.parametrize("how", ["retry", "release"])
+def test_a_transition_that_queues_sends_exactly_the_attempt_it_produced(
+    app: FastAPI, session: Session, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Right after this transition commits, a cancel and a retry move the job on to
+    the next attempt before the first sender sends. Each attempt must be sent once:
+    reading the row again after the commit would send the second twice and the
+    first never."""
+    import sqlalchemy as sa
+
+    from pgd_service import queue
+
+    sent: list[int] = []
+    monkeypatch.setattr(queue, "publish", lambda settings, **m: sent.append(m["attempt"]) or True)
+    settings = app.state.settings
+    if how == "retry":
+        job_id = _job(session, "failed")
+    else:
+        teacher = _job(session, "succeeded")
+        job_id = _job(session, "waiting", teacher=teacher)
+    before = _get(session, job_id).attempt
+    raced: list[bool] = []
+
+    def race(committed: Session) -> None:
+        if raced:
+            return
+        raced.append(True)
+        with app.state.session_factory() as other:
+            job = other.get(Job, job_id)
+            assert lifecycle.cancel(other, settings, job)
+            assert lifecycle.retry(other, settings, other.get(Job, job_id))
+
+    sa.event.listen(session, "after_commit", race)
+    try:
+        if how == "retry":
+            assert lifecycle.retry(session, settings, _get(session, job_id))
+        else:
+            assert lifecycle.release(session, settings, job_id)
+    finally:
+        sa.event.remove(session, "after_commit", race)
+    produced = before + 1 if how == "retry" else before
+    assert sorted(sent) == [produced, produced + 1]
+    assert _get(session, job_id).attempt == produced + 1

@@ -19,6 +19,8 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from pgd_core.errors import RankLost
+from pgd_core.launch import LAUNCHER_LOG
 from pgd_service import lifecycle
 from pgd_service.db.models import METRICS, Artifact, EvalResult, Job
 from pgd_service.db.session import make_engine, make_session_factory
@@ -135,30 +137,25 @@ def _artifacts(result: Any, work_dir: Path, kind: str) -> list[tuple[str, str, P
     for name, path in (("log", _log_file(work_dir)), ("config", _config_file(work_dir))):
         if path is not None:
             found.append((name, name, path))
+    launcher_log = work_dir / LAUNCHER_LOG  # torchrun's and every rank's output
+    if launcher_log.is_file():
+        found.append(("launcher.log", "launcher_log", launcher_log))
     return found
 
 
 def _failure(exc: BaseException) -> Outcome:
-    import torch
+    from pgd_core.errors import RankFailed, failure_reason
 
-    from pgd_core.data.manifest import DatasetError
-    from pgd_core.distill.distiller import PairingError
-    from pgd_core.runner import TrainingDiverged
-
-    reason = "error"
-    if isinstance(exc, TrainingDiverged):
-        reason = "diverged"
-    elif isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        reason = "out_of_memory"
-    elif isinstance(exc, JobInputError | FileNotFoundError):
-        reason = "missing_file"
-    elif isinstance(exc, DatasetError):
-        reason = "bad_dataset"
-    elif isinstance(exc, PairingError | ValueError):
-        reason = "invalid_spec"
+    reason = failure_reason(exc)
     message = str(exc) or type(exc).__name__
     if reason == "error":
-        tail = "".join(traceback.format_exception(exc)[-6:])
+        # An unexpected error: where it happened (the failing rank's own traceback
+        # for a multi-process run) is what the user needs.
+        tail = (
+            exc.trace
+            if isinstance(exc, RankFailed) and exc.trace
+            else "".join(traceback.format_exception(exc)[-6:])
+        )
         message = f"{type(exc).__name__}: {message}\n{tail}"
     return Outcome("failed", reason, message[:4000])
 
@@ -356,12 +353,22 @@ def execute(
             data_root=settings.data_root,
             weights_root=settings.weights_root,
             callbacks=reporter.callbacks(metrics_interval=settings.metrics_interval),
+            dist_timeout_s=settings.dist_timeout_s,
             **_inputs(session_factory, settings, job, spec),
         )
     except LostOwnership:
         reporter.stop(flush=False)
         log.warning("job %s attempt %d was taken over; this worker stops", job_id, attempt)
         return "lost"
+    except RankLost as exc:
+        # Like a lost worker, but known at once: the next attempt resumes from the
+        # last checkpoint (or the job fails once max_attempts attempts were lost).
+        log.warning("job %s attempt %d: %s", job_id, attempt, exc)
+        try:
+            reporter.stop(flush=True)
+        except Exception:  # noqa: BLE001 - the requeue matters more than the last points
+            log.exception("job %s: final metric flush failed", job_id)
+        return _requeue(session_factory, settings, job_id, attempt, str(exc))
     except Exception as exc:  # noqa: BLE001 - every failure becomes a reason on the row
         log.exception("job %s attempt %d failed", job_id, attempt)
         outcome = _failure(exc)
@@ -394,6 +401,24 @@ def execute(
         return "lost"
     _settle_students(session_factory, settings, job_id)
     return outcome.state
+
+
+def _requeue(
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    job_id: str,
+    attempt: int,
+    how: str,
+) -> str:
+    with session_factory() as db_session:
+        state = lifecycle.requeue_lost_rank(db_session, job_id, attempt, how)
+        if state is None:
+            return "lost"
+        if state == "queued" and not lifecycle.resend(db_session, settings, job_id, attempt + 1):
+            log.warning("job %s: re-queued; the re-sender will send it", job_id)
+    if state != "queued":
+        _settle_students(session_factory, settings, job_id)
+    return state
 
 
 def _settle_students(

@@ -58,6 +58,7 @@ def create_job(
                 spec=spec,
                 owner=token.owner,
                 idempotency_key=idempotency_key,
+                sees_all=token.is_admin,
             )
         except service.IdempotencyConflict as exc:
             raise HTTPException(409, str(exc)) from None

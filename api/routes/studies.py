@@ -44,6 +44,7 @@ def create_study(
             methods=list(body.methods),
             seeds=list(body.seeds),
             request=body.model_dump(mode="json"),
+            sees_all=token.is_admin,
         )
     except (service.StudyRejected, SpecRejected) as exc:
         return problem(422, str(exc), errors=exc.errors)

@@ -35,6 +35,7 @@ def create_sweep(
             base=body.base,
             grid=body.grid,
             owner=token.owner,
+            sees_all=token.is_admin,
         )
     except service.InvalidCombination as exc:
         errors = field_errors(exc.errors)

@@ -130,6 +130,7 @@ def dataset_info(data_root: Path, name: str) -> DatasetInfo | str:
 _JOB_REF = select(Job.id, Job.state, Job.kind, Job.detector, Job.spec).where(
     Job.id == bindparam("job_id")
 )
+_OWNED_JOB_REF = _JOB_REF.where(Job.owner == bindparam("owner"))
 JobRef = Mapping[str, Any]
 
 
@@ -154,9 +155,19 @@ class RefChecker:
     _jobs: dict[str, JobRef | None] = field(default_factory=dict)
 
     @classmethod
-    def for_session(cls, db_session: Session, settings: Settings) -> RefChecker:
+    def for_session(
+        cls, db_session: Session, settings: Settings, *, owner: str | None
+    ) -> RefChecker:
+        """Jobs are read for ``owner`` (None: an admin, who sees every job): a job of
+        another owner is no job at all here, as ``GET /jobs/{id}`` says 404 for it,
+        so a reference neither reaches it nor learns its state or its model."""
+
         def load(job_id: str) -> JobRef | None:
-            row = db_session.execute(_JOB_REF, {"job_id": job_id}).mappings().first()
+            if owner is None:
+                row = db_session.execute(_JOB_REF, {"job_id": job_id}).mappings().first()
+            else:
+                params = {"job_id": job_id, "owner": owner}
+                row = db_session.execute(_OWNED_JOB_REF, params).mappings().first()
             return dict(row) if row is not None else None
 
         return cls(settings.data_root, settings.weights_root, load, settings)
@@ -373,6 +384,7 @@ def create(
     spec: RunSpec,
     owner: str,
     idempotency_key: str | None = None,
+    sees_all: bool = False,
 ) -> tuple[Mapping[str, Any] | Job, bool]:
     """Store a job, then send it; returns (the job, created).
 
@@ -384,7 +396,9 @@ def create(
     query reads it back); a replay as the stored Job."""
     spec_hash = spec.spec_hash()
     try:
-        refs = RefChecker.for_session(db_session, settings).check(spec)
+        refs = RefChecker.for_session(
+            db_session, settings, owner=None if sees_all else owner
+        ).check(spec)
     except SpecRejected:
         # A replay returns the first job even if its references have changed since.
         existing = _replay(db_session, owner, idempotency_key, spec_hash)

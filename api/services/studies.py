@@ -148,6 +148,7 @@ def create(
     methods: list[str],
     seeds: list[int],
     request: dict[str, Any],
+    sees_all: bool = False,
 ) -> tuple[Study, list[Job]]:
     """Validate, store the study and its jobs in one transaction, then send the queued
     ones. Raises StudyRejected or SpecRejected."""
@@ -160,7 +161,7 @@ def create(
         seeds=seeds,
         teacher_job_id=teacher_job_id,
     )
-    checker = RefChecker.for_session(db_session, settings)
+    checker = RefChecker.for_session(db_session, settings, owner=None if sees_all else owner)
     refs = []
     for item in planned:
         # A student's teacher job does not exist yet: its other references are checked.

@@ -75,11 +75,12 @@ def create(
     base: RunSpec,
     grid: dict[str, list[Any]],
     owner: str,
+    sees_all: bool = False,
 ) -> tuple[Sweep, list[Job]]:
     """Validate every combination first, then store the sweep and its queued jobs
     atomically, then send them. Raises InvalidCombination or CombinationRejected."""
     specs = expand(base, grid)
-    checker = RefChecker.for_session(db_session, settings)
+    checker = RefChecker.for_session(db_session, settings, owner=None if sees_all else owner)
     teachers = []
     for combination, spec in specs:
         try:

@@ -164,6 +164,19 @@ def _loader(dataset: dict[str, Any], *, batch_size: int, workers: int, train: bo
     return loader
 
 
+def _has_unused_parameters(spec: RunSpec) -> bool:
+    """Whether some trainable parameter of the model gets no gradient in an iteration
+    (DDP must then look for them): the regression adapter of a classification-only
+    distillation (tests/test_distributed.py checks every detector and method)."""
+    distill = spec.resolved_distill
+    return bool(
+        spec.uses_teacher
+        and distill is not None
+        and distill.adapter
+        and spec.method == "pgd_cls_only"
+    )
+
+
 def runner_cfg(
     spec: RunSpec,
     info: DatasetInfo,
@@ -194,7 +207,7 @@ def runner_cfg(
         ),
         env_cfg=dict(
             cudnn_benchmark=False,
-            dist_cfg=dict(backend="nccl"),
+            dist_cfg=dict(backend="nccl" if spec.device == "cuda" else "gloo"),
             mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
         ),
         randomness=dict(seed=spec.seed, deterministic=False),
@@ -202,6 +215,14 @@ def runner_cfg(
         load_from=checkpoint,
         resume=resume and spec.kind != "evaluate",
     )
+    if spec.processes > 1:
+        # Each rank is a torchrun process; pgd_core.distributed initialises the group.
+        cfg["launcher"] = "pytorch"
+        cfg["model_wrapper_cfg"] = dict(
+            type="PGDDistributedDataParallel",
+            broadcast_buffers=False,
+            find_unused_parameters=_has_unused_parameters(spec),
+        )
     val_ds = _dataset(info, spec.dataset.val_split, spec, train=False)
     val_loader = _loader(val_ds, batch_size=1, workers=workers, train=False)
     if spec.kind == "evaluate":
@@ -219,7 +240,8 @@ def runner_cfg(
     cfg.update(
         train_dataloader=_loader(
             _dataset(info, spec.dataset.train_split, spec, train=True),
-            batch_size=spec.schedule.batch_size,
+            # The spec's batch is the global one: each rank loads its share.
+            batch_size=spec.batch_per_process,
             workers=workers,
             train=True,
         ),

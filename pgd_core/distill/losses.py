@@ -8,6 +8,7 @@ reach the student only, whatever the caller passes.
 from __future__ import annotations
 
 import torch
+from mmdet.utils import reduce_mean
 from torch import Tensor
 
 
@@ -236,18 +237,27 @@ def _multilevel_reg(
     gamma: float,
     delta: float,
 ) -> Tensor:
-    """Sum over levels of :func:`pgd_reg_loss` on level-concatenated locations."""
+    """Sum over levels of :func:`pgd_reg_loss` on level-concatenated locations.
+
+    Under data parallelism the P of each level is the mean over the ranks (mmdet's
+    ``reduce_mean``, as its heads do for their positive counts): each rank's loss is
+    then its share of the global batch's, and the gradient DDP averages is the one
+    of a single process holding the whole batch. Every rank must call this.
+    """
     keep = r > 0
+    dtype = s_reg[0].dtype
+    with torch.no_grad():
+        lvl = level_id.expand_as(keep)[keep]  # level of each kept location
+        per_level = torch.zeros(levels, dtype=dtype, device=r.device).index_add_(
+            0, lvl, torch.ones_like(lvl, dtype=dtype)
+        )
+        per_level = reduce_mean(per_level)  # identity in a single process
     s = _flatten_levels(s_reg).transpose(1, 2)[keep]  # (P, C)
     if s.shape[0] == 0:
         return s_reg[0].sum() * 0.0
     t = _flatten_levels(t_reg).detach().transpose(1, 2)[keep]
     c = s.shape[1]
     with torch.no_grad():
-        lvl = level_id.expand_as(keep)[keep]  # level of each kept location
-        per_level = torch.zeros(levels, dtype=s.dtype, device=s.device).index_add_(
-            0, lvl, torch.ones_like(lvl, dtype=s.dtype)
-        )
         inv_p = 1.0 / per_level[lvl]  # (P,)
         att_t = c * (t.abs() / temp).softmax(dim=1)
         feat_w = gamma * r[keep] * inv_p / c

@@ -44,6 +44,33 @@ def _detections(sample: dict[str, Any], category_of: Any) -> list[dict[str, Any]
     ]
 
 
+class ImageCountError(RuntimeError):
+    """The gathered results hold an image twice or miss one (a sharded evaluation
+    whose results were put back together wrongly): no number is computed."""
+
+
+def check_each_image_once(image_ids: list[Any], expected: set[Any] | None = None) -> None:
+    """Raise :class:`ImageCountError` unless every image appears exactly once (and,
+    given ``expected``, exactly the images of the annotation file)."""
+    seen: set[Any] = set()
+    twice = []
+    for image_id in image_ids:
+        if image_id in seen:
+            twice.append(image_id)
+        seen.add(image_id)
+    missing = sorted(expected - seen, key=str) if expected is not None else []
+    extra = sorted(seen - expected, key=str) if expected is not None else []
+    if twice or missing or extra:
+        parts = []
+        if twice:
+            parts.append(f"{len(twice)} image(s) twice (first: {twice[0]!r})")
+        if missing:
+            parts.append(f"{len(missing)} image(s) missing (first: {missing[0]!r})")
+        if extra:
+            parts.append(f"{len(extra)} image(s) not in the annotations (first: {extra[0]!r})")
+        raise ImageCountError("evaluation results: " + ", ".join(parts))
+
+
 class _PlottingMetric(BaseMetric):
     default_prefix = "pgd"
 
@@ -59,8 +86,9 @@ class PGDCocoMetric(_PlottingMetric):
 
     def __init__(self, ann_file: str, plot_dir: str | None = None, **kwargs: Any) -> None:
         super().__init__(ann_file, plot_dir, **kwargs)
-        categories = json.loads(Path(ann_file).read_text())["categories"]
-        self._ids_by_name = {c["name"]: c["id"] for c in categories}
+        annotations = json.loads(Path(ann_file).read_text())
+        self._ids_by_name = {c["name"]: c["id"] for c in annotations["categories"]}
+        self._image_ids = {image["id"] for image in annotations["images"]}
 
     def _category_of(self, label: int) -> int:
         # Labels index the dataset's class list, whose order is the manifest's.
@@ -71,10 +99,12 @@ class PGDCocoMetric(_PlottingMetric):
         # keeps the first ``size`` (= number of images) entries of the gathered
         # results, to drop the samples a distributed sampler repeated.
         for sample in data_samples:
-            self.results.append(_detections(sample, self._category_of))
+            self.results.append((sample["img_id"], _detections(sample, self._category_of)))
 
     def compute_metrics(self, results: list) -> dict[str, float]:
-        detections = [d for per_image in results for d in per_image]
+        # Results gathered from several ranks must still be each image once.
+        check_each_image_once([image_id for image_id, _ in results], self._image_ids)
+        detections = [d for _, per_image in results for d in per_image]
         evaluation = coco_evaluate(self.ann_file, detections)
         if self.plot_dir:
             plot_coco_pr(evaluation, self.plot_dir / COCO_PLOT)
@@ -94,6 +124,7 @@ class PGDCrowdHumanMetric(_PlottingMetric):
             )
 
     def compute_metrics(self, results: list) -> dict[str, float]:
+        check_each_image_once([image_id for image_id, _, _ in results])
         sizes = {image_id: size for image_id, size, _ in results}
         detections = [d for _, _, dets in results for d in dets]
         evaluation = crowdhuman_evaluate(self.ann_file, detections, image_sizes=sizes)
