@@ -38,7 +38,7 @@ up: setup
 	$(BIN)/pgd up
 
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+	$(BIN)/python -m pytest -q -m "not slow and not gpu" --durations=25
 
 test-all: setup
 	$(BIN)/python -m pytest -q
