@@ -225,6 +225,35 @@ def test_job_page_curve_draws_every_stored_point_in_step_order(
     assert by_css(signed_in, "#curves path.series[data-name='lr']")
 
 
+@pytest.mark.parametrize(
+    ("device", "processes", "batch"), [("cpu", 2, 4), ("cuda", 8, 16), ("cuda", 1, 4)]
+)
+def test_job_page_says_where_the_job_runs_and_how_its_batch_splits(
+    signed_in, live: LiveApi, device: str, processes: int, batch: int
+):
+    with live.client(live.token("ada", is_admin=True)) as http:
+        spec = http.preset("tiny-fcos-student")
+        spec["device"], spec["processes"] = device, processes
+        spec["schedule"]["batch_size"] = batch
+        job_id = http.submit(spec).id
+    with live.session_factory() as session:
+        stored = session.scalar(select(Job.spec).where(Job.id == job_id))
+    n, images = stored["processes"], stored["schedule"]["batch_size"]
+    unit = {"cpu": ("CPU processes", "(gloo)", "process"), "cuda": ("GPUs", "(NCCL)", "GPU")}
+    many, backend, each = unit[stored["device"]]
+    if n == 1:
+        one = "GPU" if stored["device"] == "cuda" else "CPU process"
+        expected = f"1 {one}, {images} images per iteration"
+    else:
+        expected = f"{n} {many} {backend}, {images} images per iteration: {images // n} per {each}"
+    go(signed_in, live, f"jobs/{job_id}")
+    wait_for(signed_in, lambda d: by_css(d, "dl.kv"))
+    labels = signed_in.find_elements("css selector", "dl.kv dt")
+    values = signed_in.find_elements("css selector", "dl.kv dd")
+    shown = {dt.text: dd.text for dt, dd in zip(labels, values, strict=True)}
+    assert shown["runs on"] == expected
+
+
 def test_job_page_shows_its_result_with_teacher_baseline_and_gap(
     signed_in, live: LiveApi, sample: Sample
 ):

@@ -69,12 +69,24 @@ export async function render(main, [jobId]) {
     fill(head, h("h1", {}, "Job ", h("span", { class: "mono" }, short(job.id)), " ", stateBadge(job.state)), h("div", { class: "head-actions" }, buttons));
   }
 
+  /** "2 GPUs (NCCL), 8 images per iteration: 4 per GPU" from the spec. */
+  function runsOn(spec) {
+    const n = spec.processes || 1;
+    const gpu = spec.device !== "cpu";
+    const unit = gpu ? "GPU" : "CPU process";
+    const where = `${n} ${unit}${n > 1 ? "es".slice(gpu ? 1 : 0) : ""}${n > 1 ? (gpu ? " (NCCL)" : " (gloo)") : ""}`;
+    const batch = spec.schedule && spec.schedule.batch_size;
+    if (job.kind === "evaluate" || !batch) return where;
+    return n > 1 ? `${where}, ${batch} images per iteration: ${batch / n} per ${gpu ? "GPU" : "process"}` : `${where}, ${batch} images per iteration`;
+  }
+
   function drawSummary() {
     const link = (label, href) => (href ? h("a", { href }, label) : "–");
     const rows = [
       ["id", h("span", { class: "mono" }, job.id)],
       ["kind", job.kind], ["detector", job.detector], ["dataset", job.dataset], ["method", job.method],
       ["owner", job.owner],
+      ["runs on", runsOn(job.spec)],
       ["progress", h("div", { class: "progress-line" }, progressBar(job.progress), h("span", { id: "progress-text" }, `${(job.progress * 100).toFixed(1)} %`))],
       ["attempt", `${job.attempt} of ${job.max_attempts}`],
       ["teacher job", job.teacher_job_id ? link(short(job.teacher_job_id), `#/jobs/${job.teacher_job_id}`) : "–"],
