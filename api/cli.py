@@ -209,6 +209,12 @@ def _worker(argv: list[str]) -> int:
                 else args.cpu_processes
             )
             queues = worker_queues(gpus, cpus)
+            if gpus == 0 and args.gpus is None:
+                print(
+                    "pgd worker: no GPU found, so no gpu queue: jobs of device 'cuda' wait for "
+                    "a GPU worker (--gpus 1 runs them on this machine's CPU instead)",
+                    file=sys.stderr,
+                )
     except ValueError as exc:
         print(f"error: --queues: {exc}", file=sys.stderr)
         return 2

@@ -93,6 +93,20 @@ def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
     return {name: float(v) for name, v in zip(names, tensor.tolist(), strict=True)}
 
 
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Every rank takes rank 0's buffers (BatchNorm's running statistics).
+
+    DDP runs with ``broadcast_buffers=False`` (mmengine's default), so a BatchNorm
+    that trains keeps per-rank statistics. Before an evaluation they are made rank
+    0's, the ones its checkpoint holds: each rank then scores its share of the
+    images with the same model, the one an ``evaluate`` job of that checkpoint
+    rebuilds."""
+    if world_size() == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 @MODEL_WRAPPERS.register_module()
 class PGDDistributedDataParallel(MMDistributedDataParallel):
     """mmengine's DDP wrapper, usable for CPU modules (gloo): DDP takes no

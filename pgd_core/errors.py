@@ -43,8 +43,12 @@ def failure_reason(exc: BaseException) -> str:
     from pgd_core.distill.distiller import PairingError
     from pgd_core.runner import TrainingDiverged
 
-    given = getattr(exc, "reason", None)
-    if isinstance(given, str):  # RankFailed, and the service's own input errors
+    if isinstance(exc, RankFailed):
+        return exc.reason
+    # The service's own errors name their reason (an attribute no library uses:
+    # UnicodeDecodeError or URLError carry a ``reason`` of their own).
+    given = getattr(type(exc), "pgd_reason", None)
+    if isinstance(given, str):
         return given
     if isinstance(exc, TrainingDiverged):
         return "diverged"

@@ -38,7 +38,6 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +50,30 @@ _PR_SET_PDEATHSIG = 1
 _STOP_GRACE_S = 30.0
 
 
-def _die_with_parent(sig: int) -> Callable[[], None]:
-    """A ``preexec_fn`` (and a call for the ranks) that has the kernel send ``sig``
-    to this process when its parent dies. Linux only; elsewhere it does nothing."""
+def _die_with_parent(sig: int) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies (Linux;
+    elsewhere nothing). Kept across ``exec``."""
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        return lambda: None
+        return
+    prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
-    return arm
+#: Run as ``python -c _EXEC_WITH_PARENT <parent pid> <command...>``: arm SIGTERM on
+#: the parent's death, leave if the parent is already gone, then become the command.
+#: (A ``preexec_fn`` would do the same between fork and exec, which Python calls
+#: unsafe in a process with threads, as a worker's job process is.)
+_EXEC_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 class Channel:
@@ -180,15 +191,32 @@ def _failed_ranks(log_text: str) -> list[tuple[int, int]]:
     return found
 
 
-def _tail(path: Path, size: int = 3000) -> str:
+def _tail(path: Path, size: int = 3000, *, start: int = 0) -> str:
+    """The last ``size`` bytes of ``path`` written at or after offset ``start``."""
     with contextlib.suppress(OSError):
-        data = path.read_bytes()[-size:]
-        return data.decode("utf-8", errors="replace")
+        with path.open("rb") as fh:
+            end = fh.seek(0, 2)
+            fh.seek(max(start, end - size))
+            return fh.read().decode("utf-8", errors="replace")
     return ""
 
 
-def failure_of(channel: Channel, log_path: Path, returncode: int) -> Exception:
-    """What a failed torchrun means.
+#: Deaths that say nothing about the job: the OOM killer, kill -9, a shutdown. The
+#: job goes back to its queue. Any other signal (SIGABRT from NCCL's watchdog after
+#: a collective timed out, SIGSEGV) is a failure of the run itself.
+_LOST_SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+def _signal_name(exitcode: int) -> str:
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"
+
+
+def failure_of(channel: Channel, log_path: Path, returncode: int, *, start: int = 0) -> Exception:
+    """What a failed torchrun means, from this attempt's output (``log_path`` from
+    offset ``start``) and the ranks' error reports.
 
     A rank killed by a signal (it wrote no error report) is the cause, even when
     the others then reported errors: theirs are the broken connections to it.
@@ -196,14 +224,16 @@ def failure_of(channel: Channel, log_path: Path, returncode: int) -> Exception:
     """
     errors = channel.errors()
     reported = {e["rank"] for e in errors}
-    failed = _failed_ranks(_tail(log_path, 40_000))
+    failed = _failed_ranks(_tail(log_path, 40_000, start=start))
     for rank, exitcode in failed:
         if exitcode < 0 and rank not in reported:
-            try:
-                name = signal.Signals(-exitcode).name
-            except ValueError:
-                name = f"signal {-exitcode}"
-            return RankLost(rank, exitcode, f"killed by {name}")
+            name = _signal_name(exitcode)
+            if -exitcode in _LOST_SIGNALS:
+                return RankLost(rank, exitcode, f"killed by {name}")
+            hint = " (NCCL aborts a rank whose collective timed out)" if name == "SIGABRT" else ""
+            return RankFailed(
+                rank, "error", f"the rank died of {name}{hint}", _tail(log_path, 1500, start=start)
+            )
     if errors:
         first = errors[0]
         return RankFailed(
@@ -214,9 +244,16 @@ def failure_of(channel: Channel, log_path: Path, returncode: int) -> Exception:
         )
     if failed:
         rank, exitcode = failed[0]
-        return RankLost(rank, exitcode, f"exited with code {exitcode} without a Python error")
+        return RankFailed(
+            rank,
+            "error",
+            f"exited with code {exitcode} without a Python error",
+            _tail(log_path, 1500, start=start),
+        )
     return RankFailed(
-        None, "error", f"torchrun exited with code {returncode}: {_tail(log_path, 1500)}"
+        None,
+        "error",
+        f"torchrun exited with code {returncode}: {_tail(log_path, 1500, start=start)}",
     )
 
 
@@ -268,8 +305,11 @@ def launch(
             "reports": reports,
             "data_root": str(Path(data_root).resolve()),
             "weights_root": str(Path(weights_root).resolve()) if weights_root else None,
-            "teacher_checkpoint": str(teacher_checkpoint) if teacher_checkpoint else None,
-            "checkpoint": str(checkpoint) if checkpoint else None,
+            # Absolute: the ranks run in the work folder.
+            "teacher_checkpoint": str(Path(teacher_checkpoint).resolve())
+            if teacher_checkpoint
+            else None,
+            "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
             "resume": resume,
             "metrics_interval": callbacks.metrics_interval,
             "timeout_s": timeout_s,
@@ -282,17 +322,23 @@ def launch(
         [str(Path(__file__).resolve().parents[1]), *filter(None, [env.get("PYTHONPATH")])]
     )
     with log_path.open("ab") as log:
+        start = log.tell()  # this attempt's output begins here
         log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {spec.processes} ranks\n".encode())
         log.flush()
         process = subprocess.Popen(
-            torchrun_command(spec.processes, ["--work-dir", str(work)]),
+            [
+                sys.executable,
+                "-c",
+                _EXEC_WITH_PARENT,
+                str(os.getpid()),
+                *torchrun_command(spec.processes, ["--work-dir", str(work)]),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
             cwd=work,
             start_new_session=True,
-            preexec_fn=_die_with_parent(signal.SIGTERM),
         )
     stop_sent = False
     try:
@@ -307,7 +353,7 @@ def launch(
         _stop_group(process)
         raise
     if process.returncode != 0 or not channel.result_file.is_file():
-        raise failure_of(channel, log_path, process.returncode)
+        raise failure_of(channel, log_path, process.returncode, start=start)
     data = json.loads(channel.result_file.read_text())
     return RunResult(
         status=data["status"],
@@ -325,7 +371,7 @@ def rank_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pgd_core.launch")
     parser.add_argument("--work-dir", required=True)
     args = parser.parse_args(argv)
-    _die_with_parent(signal.SIGKILL)()
+    _die_with_parent(signal.SIGKILL)
     if os.getppid() == 1:  # torchrun died before the line above
         return 1
     channel = Channel(Path(args.work_dir))
@@ -366,12 +412,15 @@ def rank_main(argv: list[str] | None = None) -> int:
                 },
             )
     except BaseException as exc:
-        channel.write_error(rank, exc)
-        traceback.print_exc()
-        sys.stderr.flush()
-        # Leave at once: the other ranks may be blocked in a collective that this
-        # rank will never join; torchrun stops them when it sees this exit.
-        os._exit(1)
+        try:
+            traceback.print_exc()
+            sys.stderr.flush()
+            channel.write_error(rank, exc)
+        finally:
+            # Leave at once, whatever the report did: the other ranks may be blocked
+            # in a collective that this rank will never join; torchrun stops them
+            # when it sees this exit.
+            os._exit(1)
     import torch.distributed as dist
 
     if dist.is_initialized():

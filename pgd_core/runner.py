@@ -27,7 +27,14 @@ from pgd_core.configs.runner import PLOT_DIR, runner_cfg
 from pgd_core.cost import ModelCost
 from pgd_core.data.manifest import load_dataset_info
 from pgd_core.data.validation import validate_split
-from pgd_core.distributed import any_rank, mean_across_ranks, rank, under_torchrun, world_size
+from pgd_core.distributed import (
+    any_rank,
+    mean_across_ranks,
+    rank,
+    sync_buffers,
+    under_torchrun,
+    world_size,
+)
 from pgd_core.spec import RunSpec
 
 
@@ -119,6 +126,12 @@ class CallbackHook(Hook):
             save_and_mark_last(runner)
             runner.train_loop.stop_training = True
             self.stopped = True
+
+    def before_val_epoch(self, runner: Runner) -> None:
+        sync_buffers(runner.model)
+
+    def before_test_epoch(self, runner: Runner) -> None:
+        sync_buffers(runner.model)
 
     def after_val_epoch(self, runner: Runner, metrics: dict[str, float] | None = None) -> None:
         self.val_metrics = normalise_metrics(metrics or {})

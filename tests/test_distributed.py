@@ -601,3 +601,65 @@ def test_a_rank_that_raises_fails_the_job_with_its_reason(
     assert error.reason == "diverged" and error.rank in (0, 1)
     assert str(error).startswith(f"rank {error.rank} failed: TrainingDiverged: training diverged")
     _wait_gone(tmp_path / "work")
+
+
+def test_every_rank_evaluates_with_rank_0s_batchnorm_statistics(tmp_path: Path):
+    """With a BatchNorm that trains, each rank's running statistics drift apart; an
+    evaluation must use rank 0's (the checkpoint's) on every rank, or the AP mixes
+    several models, none of them the one saved."""
+    out = tmp_path / "out.json"
+    launched = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(TESTS / "dist_buffers.py"),
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    seen = json.loads(out.read_text())
+    assert seen["before"][0] != seen["before"][1]  # the ranks did differ
+    assert seen["after"] == [seen["before"][0], seen["before"][0]]
+
+
+def test_only_this_attempts_output_and_only_a_kill_say_a_rank_was_lost(tmp_path: Path):
+    from pgd_core.launch import Channel, failure_of
+
+    channel = Channel(tmp_path)
+    channel.reset()
+    log = tmp_path / "launcher.log"
+    old = (
+        "Failures:\n  <NO_OTHER_FAILURES>\nRoot Cause (first observed failure):\n"
+        "[0]:\n  rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 1)  (SIGKILL)\n"
+    )
+    log.write_text(old + "==== next attempt\ntorchrun: rendezvous failed\n")
+    # The earlier attempt's kill is not this attempt's failure.
+    failed = failure_of(channel, log, 1, start=len(old))
+    assert isinstance(failed, RankFailed) and failed.rank is None
+    assert "torchrun exited with code 1" in str(failed) and "rendezvous failed" in str(failed)
+    # A rank aborted (NCCL's watchdog after a collective timed out): a failure.
+    log.write_text(old.replace("-9 (pid: 1)  (SIGKILL)", "-6 (pid: 1)  (SIGABRT)"))
+    aborted = failure_of(channel, log, 1)
+    assert isinstance(aborted, RankFailed) and (aborted.rank, aborted.reason) == (1, "error")
+    assert "SIGABRT" in str(aborted)
+
+
+def test_a_reason_comes_from_pgds_own_errors_only():
+    import urllib.error
+
+    from pgd_core.errors import failure_reason
+
+    assert failure_reason(RankFailed(1, "diverged", "x")) == "diverged"
+    assert failure_reason(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")) == (
+        "invalid_spec"
+    )
+    assert failure_reason(urllib.error.URLError("no route")) == "error"
+    assert failure_reason(FileNotFoundError("x")) == "missing_file"

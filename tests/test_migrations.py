@@ -212,7 +212,12 @@ def test_0005_keeps_every_row_and_backfills_the_seed_groups(database_url: str) -
                         detector=spec.detector,
                         dataset=spec.dataset.name,
                         method=spec.method,
-                        spec=spec.model_dump(mode="json"),
+                        # As a job stored at 0004 has it: the spec had no processes.
+                        spec={
+                            k: v
+                            for k, v in spec.model_dump(mode="json").items()
+                            if k != "processes"
+                        },
                         spec_hash=spec.spec_hash(),
                         state="succeeded",
                         attempt=0,

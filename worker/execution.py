@@ -36,7 +36,7 @@ _DUMPED_CONFIG = re.compile(r"\d{8}_\d{6}\.py")
 class JobInputError(Exception):
     """A job's inputs cannot be found (teacher or checkpoint reference)."""
 
-    reason = "missing_file"
+    pgd_reason = "missing_file"
 
 
 @dataclass
