@@ -407,7 +407,9 @@ def test_a_two_rank_run_stops_together_on_cancel_and_resumes(
 ):
     """Cancel: every rank stops at the same iteration and one checkpoint is saved;
     the next run resumes from it and finishes with an evaluation."""
-    spec = _spec(processes=2, schedule={"max_iters": 8, "checkpoint_interval": 100})
+    # Long enough that the ranks cannot finish between the first progress event
+    # and the stop file (the caller polls every 0.2 s; an iteration takes ~0.05 s).
+    spec = _spec(processes=2, schedule={"max_iters": 60, "checkpoint_interval": 1000})
     work = tmp_path / "work"
     progress: list[int] = []
     points: dict[int, dict[str, float]] = {}
@@ -422,15 +424,18 @@ def test_a_two_rank_run_stops_together_on_cancel_and_resumes(
         callbacks=RunCallbacks(
             on_progress=lambda it, total: progress.append(it),
             on_metrics=metrics,
-            should_stop=lambda: bool(progress) and progress[-1] >= 2,
+            should_stop=lambda: bool(progress),
         ),
     )
-    assert stopped.status == "stopped"
+    # Seen once (not reproduced in 20 runs since): a failure here in ~11 s. Say
+    # what the run did, so the next one explains itself.
+    said = f"{stopped}, progress {progress[:5]}..., metrics at {sorted(points)[:5]}..."
+    assert stopped.status == "stopped", said
     k = stopped.iteration
-    assert 2 <= k < 8
-    assert sorted(p.name for p in work.glob("iter_*.pth")) == [f"iter_{k}.pth"]
-    assert stopped.checkpoint == work / f"iter_{k}.pth"
-    assert {"loss", "loss_cls", "lr"} <= set(points[1])
+    assert 1 <= k < 60, said
+    assert sorted(p.name for p in work.glob("iter_*.pth")) == [f"iter_{k}.pth"], said
+    assert stopped.checkpoint == work / f"iter_{k}.pth", said
+    assert {"loss", "loss_cls", "lr"} <= set(points[1]), said
     _wait_gone(work)
 
     progress.clear()
@@ -440,8 +445,8 @@ def test_a_two_rank_run_stops_together_on_cancel_and_resumes(
         data_root=dist_inputs["data_root"],
         callbacks=RunCallbacks(on_progress=lambda it, total: progress.append(it)),
     )
-    assert done.status == "completed" and done.iteration == 8
-    assert progress[0] > k and progress[-1] == 8  # resumed, not restarted
+    assert done.status == "completed" and done.iteration == 60
+    assert progress[0] > k and progress[-1] == 60  # resumed, not restarted
     assert "AP" in done.metrics and done.checkpoint is not None and done.checkpoint.is_file()
     _wait_gone(work)
 

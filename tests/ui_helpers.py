@@ -446,6 +446,11 @@ def sign_in(driver: Any, url: str, token: str) -> None:
 
 
 def wait_for(driver: Any, condition: Any, timeout: float = 10.0) -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    # The pages re-render rows in place: an element found a moment ago may be
+    # replaced before it is read, which is "not yet", not a failure.
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(condition)
