@@ -243,3 +243,11 @@ def _check(
             db_session.commit()
             caller = replace(caller, last_used_at=now)
         return caller
+
+
+def visible_owner(token: Caller, settings: Settings) -> str | None:
+    """Whose results ``token`` sees on /results: its own owner's, or None for every
+    owner's (an admin, or any token with ``PGD_RESULTS_VISIBILITY=everyone``)."""
+    if token.is_admin or settings.results_visibility == "everyone":
+        return None
+    return token.owner

@@ -238,7 +238,7 @@ def main() -> None:
         engine = make_engine(real_url)
         populate(engine, args.results)
         with make_session_factory(engine)() as session:
-            token = create_token(db_session=session, owner="bench")
+            token = create_token(db_session=session, owner="bench", is_admin=True)
             session.commit()
         engine.dispose()
         auth = {"Authorization": f"Bearer {token}"}

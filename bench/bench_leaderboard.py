@@ -66,6 +66,14 @@ CASES: tuple[tuple[str, dict[str, str], str], ...] = (
     ("method, -ap", {"method": "pgd"}, "-ap"),
     ("no filter, -ap", {}, "-ap"),
     ("no filter, -created_at", {}, "-created_at"),
+    # A non-admin token sees its owner's results only (the HTTP rows use its token).
+    (
+        "one owner's (1/50), dataset+detector, -ap",
+        {"dataset": "coco", "detector": "fcos", "owner": "user7"},
+        "-ap",
+    ),
+    ("one owner's (1/50), -ap", {"owner": "user7"}, "-ap"),
+    ("a newcomer's (~0.05%), -ap", {"owner": "newcomer"}, "-ap"),
 )
 
 
@@ -161,7 +169,7 @@ def generate(n: int, seed: int = 0) -> Iterator[tuple[dict[str, Any], dict[str, 
             "attempt": 1,
             "max_attempts": 3,
             "progress": 1.0,
-            "owner": f"user{rng.randint(0, 49)}",
+            "owner": "newcomer" if rng.random() < 0.0005 else f"user{rng.randint(0, 49)}",
             "cancel_requested": False,
             "teacher_job_id": teacher_job_id,
             "created_at": created,
@@ -172,6 +180,7 @@ def generate(n: int, seed: int = 0) -> Iterator[tuple[dict[str, Any], dict[str, 
         values = _metrics(rng, dataset, base)
         result = {
             "job_id": job_id,
+            "owner": job["owner"],
             "dataset": dataset,
             "detector": detector,
             "method": method,
@@ -262,9 +271,16 @@ def main() -> None:
         app = create_app(Settings(database_url=url, run_maintenance=False))
         factory = app.state.session_factory
         with factory() as session:
-            token = create_token(db_session=session, owner="bench")
+            token = create_token(db_session=session, owner="bench", is_admin=True)
             session.commit()
         headers = {"Authorization": f"Bearer {token}"}
+        owner_headers: dict[str, dict[str, str]] = {}
+        with factory() as session:
+            for _, values, _ in CASES:
+                if "owner" in values and values["owner"] not in owner_headers:
+                    owned = create_token(db_session=session, owner=values["owner"])
+                    owner_headers[values["owner"]] = {"Authorization": f"Bearer {owned}"}
+            session.commit()
 
         cache = app.state.results_cache
 
@@ -300,10 +316,12 @@ def main() -> None:
                 j50, j99 = time_runs(body, args.runs)
                 h50 = h99 = c50 = c99 = float("nan")
                 if not args.no_http:
-                    params = {**values, "sort": sort, "limit": args.limit}
+                    params = {k: v for k, v in values.items() if k != "owner"}
+                    params |= {"sort": sort, "limit": args.limit}
+                    who = owner_headers[values["owner"]] if "owner" in values else headers
 
-                    def get(params: dict = params) -> None:
-                        response = client.get("/results", params=params, headers=headers)
+                    def get(params: dict = params, who: dict = who) -> None:
+                        response = client.get("/results", params=params, headers=who)
                         assert response.status_code == 200, response.text
 
                     cache.entries = 0  # every page computed
@@ -315,7 +333,7 @@ def main() -> None:
                     f"| {s99:.2f} | {j50:.2f} | {j99:.2f} | {h50:.2f} | {h99:.2f} "
                     f"| {c50:.2f} | {c99:.2f} |"
                 )
-        for label, values, sort in (CASES[1], CASES[3]):
+        for label, values, sort in (CASES[1], CASES[3], CASES[-1]):
             print(f"\nEXPLAIN ANALYZE, {label}:")
             print(explain(engine, service.ResultFilters(**values), sort, args.limit))
         app.state.engine.dispose()

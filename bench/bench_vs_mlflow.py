@@ -549,7 +549,7 @@ def main() -> None:
         engine.dispose()
         report["pgd_load_s"] = time.perf_counter() - started
         print(f"pgd: {args.runs:,} jobs + results inserted in {report['pgd_load_s']:.1f} s")
-        auth = {"Authorization": f"Bearer {store_token(pgd_url, owner='bench')}"}
+        auth = {"Authorization": f"Bearer {store_token(pgd_url, owner='bench', is_admin=True)}"}
 
         uri, existed = stack.enter_context(mlflow_database(args.mlflow_db))
         artifacts = (tmp / "mlartifacts").as_uri()

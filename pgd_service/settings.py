@@ -114,6 +114,12 @@ class Settings(BaseSettings):
         description="a multi-process job whose ranks wait this long for each other (one "
         "hung or gone) is stopped; its ranks' collectives raise and torchrun ends the group",
     )
+    results_visibility: Literal["owner", "everyone"] = Field(
+        "owner",
+        description="who sees a result on /results (and its CSV, groups and Pareto views): "
+        "'owner': its job's owner and admins, as for the job itself; 'everyone': every "
+        "token, a leaderboard shared by the whole team",
+    )
     token_cache_s: float = Field(
         0.0,
         ge=0,

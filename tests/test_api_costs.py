@@ -45,7 +45,7 @@ def client(app: FastAPI) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def headers(app: FastAPI) -> dict[str, str]:
-    return bearer(app, f"reader-{uuid.uuid4().hex[:8]}")
+    return bearer(app, f"reader-{uuid.uuid4().hex[:8]}", is_admin=True)
 
 
 def _measurement(latency: float, device: str = CPU, threads: int = 2) -> dict[str, Any]:

@@ -72,9 +72,10 @@ def _sweep(client: httpx.Client, headers: Headers, seeds: list[int]) -> dict:
 
 
 def test_me_names_the_tokens_owner_and_rights(client, token_for, owner):
-    assert client.get("/me", headers=token_for(owner)).json() == {"owner": owner, "is_admin": False}
+    own = client.get("/me", headers=token_for(owner)).json()
+    assert own == {"owner": owner, "is_admin": False, "results": "own"}
     admin = client.get("/me", headers=token_for(owner, is_admin=True)).json()
-    assert admin == {"owner": owner, "is_admin": True}
+    assert admin == {"owner": owner, "is_admin": True, "results": "all"}
     missing = client.get("/me")
     assert missing.status_code == 401
     assert missing.headers["content-type"] == "application/problem+json"

@@ -18,6 +18,7 @@ from db_helpers import bearer, migrated_app, sent_statements
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from api.main import create_app
 from api.routes.results import CSV_COLUMNS
 from api.services import results as service
 from pgd_service.db.models import EvalResult, Job
@@ -47,7 +48,9 @@ def client(app: FastAPI) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def headers(app: FastAPI) -> dict[str, str]:
-    return bearer(app, f"reader-{uuid.uuid4().hex[:8]}")
+    """An admin reader: it sees every owner's results (test_results_are_their_owners'
+    checks what the others see)."""
+    return bearer(app, f"reader-{uuid.uuid4().hex[:8]}", is_admin=True)
 
 
 def _add(
@@ -63,6 +66,8 @@ def _add(
     teacher_job_id: str | None = None,
     teacher: int | None = None,
     owner: str = "someone-else",
+    config_hash: str | None = None,
+    baseline_hash: str | None = None,
     **metrics: float,
 ) -> str:
     spec: dict[str, Any] = {
@@ -86,6 +91,9 @@ def _add(
         owner=owner,
         max_attempts=3,
         teacher_job_id=teacher_job_id,
+        config_hash=config_hash,
+        baseline_hash=baseline_hash,
+        seed=0,
         created_at=when,
         finished_at=when + timedelta(minutes=30),
     )
@@ -322,7 +330,7 @@ def test_a_new_result_is_seen_at_once(
 
 def test_cache_can_be_disabled(tmp_path_factory: pytest.TempPathFactory) -> None:
     for uncached in migrated_app("sqlite", tmp_path_factory, results_cache_entries=0):
-        auth = bearer(uncached, "nocache")
+        auth = bearer(uncached, "nocache", is_admin=True)
         with TestClient(uncached) as http:
             http.get("/results", headers=auth)
             with sent_statements(uncached) as seen:
@@ -492,7 +500,109 @@ def _nan_page(app: FastAPI) -> list[dict[str, Any]]:
     """The NaN dataset's page through the route, as a client reads it."""
     with TestClient(app) as client:
         response = client.get(
-            "/results", params={"dataset": NAN_DATASET, "limit": 10}, headers=bearer(app, "nan")
+            "/results",
+            params={"dataset": NAN_DATASET, "limit": 10},
+            headers=bearer(app, "nan", is_admin=True),
         )
     assert response.status_code == 200, response.text
     return json.loads(response.content)["items"]
+
+
+def test_results_are_their_owners_and_a_baseline_is_never_anothers(
+    app: FastAPI, client: httpx.Client
+) -> None:
+    """A token sees the results of its owner's jobs (as it sees the jobs): in the
+    page, the CSV, the seed groups and the Pareto front. A distilled row's no-KD
+    baseline (and its group's same-seed control) is its owner's own, even when
+    another owner trained a newer one of the same student, and whoever reads it: an
+    admin sees every row, so does everyone with PGD_RESULTS_VISIBILITY=everyone, and
+    Alice's row is compared with Alice's run in all three views."""
+    dataset = f"owners-{uuid.uuid4().hex[:6]}"
+    alice, bob = f"alice-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
+    student_alone, distilled = f"base-{dataset}", f"pgd-{dataset}"
+    with app.state.session_factory() as session:
+        cost = {"latency_ms": 10.0, "params": 1000, "flops": 2e9}
+        common = {"dataset": dataset, **cost}
+        ids = {
+            "a_teacher": _add(session, kind="train", student=101, owner=alice, ap=44.0, **common),
+            # The same configuration and seed trained by both: Bob's run is newer.
+            "a_base": _add(
+                session, kind="train", student=50, minutes=1, owner=alice, ap=38.0,
+                config_hash=student_alone, **common,
+            ),
+            "b_base": _add(
+                session, kind="train", student=50, minutes=5, owner=bob, ap=30.0,
+                config_hash=student_alone, **common,
+            ),
+        }  # fmt: skip
+        ids["a_pgd"] = _add(
+            session, kind="distill", student=50, teacher=101, method="pgd", dataset=dataset,
+            minutes=6, teacher_job_id=ids["a_teacher"], owner=alice, ap=41.0,
+            config_hash=distilled, baseline_hash=student_alone, **cost,
+        )  # fmt: skip
+        session.commit()
+    with app.state.session_factory() as session:
+        owners = dict(
+            session.execute(sa.select(Job.id, Job.owner).where(Job.dataset == dataset)).all()
+        )
+
+    def alices_row(http: httpx.Client | TestClient, headers: dict[str, str]) -> dict[str, Any]:
+        (row,) = [r for r in _get(http, headers, dataset=dataset) if r["job_id"] == ids["a_pgd"]]
+        return row
+
+    def alices_group(http: httpx.Client | TestClient, headers: dict[str, str]) -> dict[str, Any]:
+        groups = http.get(
+            "/results", params={"dataset": dataset, "group_by": "config"}, headers=headers
+        ).json()["items"]
+        (group,) = [g for g in groups if g["config_hash"] == distilled]
+        return group
+
+    def compared_with_alices_own(row: dict[str, Any], group: dict[str, Any]) -> None:
+        assert row["baseline_job_id"] == ids["a_base"]  # Bob's newer baseline is not hers
+        assert row["baseline_ap"] == 38.0
+        assert row["delta_ap_vs_baseline"] == pytest.approx(41.0 - 38.0)
+        assert group["baseline_ap_mean"] == 38.0 and group["delta_ap_n"] == 1
+        assert group["delta_ap_mean"] == pytest.approx(41.0 - 38.0)
+        assert group["gap_recovered_ap"] == pytest.approx((41.0 - 38.0) / (44.0 - 38.0))
+
+    as_alice = bearer(app, alice)
+    rows = _get(client, as_alice, dataset=dataset)
+    assert {r["job_id"] for r in rows} == {j for j, o in owners.items() if o == alice}
+    compared_with_alices_own(alices_row(client, as_alice), alices_group(client, as_alice))
+    exported = client.get(
+        "/results", params={"dataset": dataset, "format": "csv"}, headers=as_alice
+    )
+    assert {r["job_id"] for r in csv.DictReader(io.StringIO(exported.text))} == {
+        r["job_id"] for r in rows
+    }
+    groups = client.get(
+        "/results", params={"dataset": dataset, "group_by": "config"}, headers=as_alice
+    ).json()["items"]
+    assert sum(g["n"] for g in groups) == 3 and ids["b_base"] not in repr(groups)
+    front = client.get(
+        "/results/pareto", params={"detector": "fcos", "dataset": dataset}, headers=as_alice
+    ).json()
+    assert {p["job_id"] for p in front["points"]} == {ids["a_teacher"], ids["a_base"], ids["a_pgd"]}
+    as_bob = bearer(app, bob)
+    assert {r["job_id"] for r in _get(client, as_bob, dataset=dataset)} == {ids["b_base"]}
+    bobs_groups = client.get(
+        "/results", params={"dataset": dataset, "group_by": "config"}, headers=as_bob
+    ).json()["items"]
+    assert [g["job_ids"] for g in bobs_groups] == [[ids["b_base"]]]
+    admin = bearer(app, "root", is_admin=True)
+    assert {r["job_id"] for r in _get(client, admin, dataset=dataset)} == set(owners)
+    compared_with_alices_own(alices_row(client, admin), alices_group(client, admin))
+    shared = app.state.settings.model_copy(update={"results_visibility": "everyone"})
+    team = create_app(shared)
+    try:
+        with TestClient(team) as http:
+            as_bob_in_team = bearer(team, bob)
+            assert {r["job_id"] for r in _get(http, as_bob_in_team, dataset=dataset)} == set(owners)
+            compared_with_alices_own(
+                alices_row(http, as_bob_in_team), alices_group(http, as_bob_in_team)
+            )
+            # /me says which of the two a token gets (the dashboard shows it).
+            assert http.get("/me", headers=as_bob_in_team).json()["results"] == "all"
+        assert client.get("/me", headers=as_bob).json()["results"] == "own"
+    finally:
+        team.state.engine.dispose()

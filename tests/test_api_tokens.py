@@ -65,7 +65,11 @@ def test_created_token_works_and_is_stored_as_its_hash_only(
     assert abs((row.expires_at - expected).total_seconds()) < 5
     assert datetime.fromisoformat(body["expires_at"]) == row.expires_at
     me = client.get("/me", headers=_auth(secret))
-    assert me.status_code == 200 and me.json() == {"owner": "alice-t", "is_admin": False}
+    assert me.status_code == 200 and me.json() == {
+        "owner": "alice-t",
+        "is_admin": False,
+        "results": "own",
+    }
 
 
 def test_list_shows_the_callers_tokens_never_a_secret(app: FastAPI, client: httpx.Client) -> None:
@@ -110,6 +114,7 @@ def test_only_an_admin_creates_for_others_or_admin_tokens(
     assert client.get("/me", headers=_auth(made.json()["token"])).json() == {
         "owner": "victim",
         "is_admin": True,
+        "results": "all",
     }
     everyone = client.get("/tokens", headers=admin).json()
     assert {"plain", "victim", "root-t"} <= {r["owner"] for r in everyone}

@@ -72,7 +72,7 @@ def test_submit_returns_the_stored_job_and_a_key_makes_it_idempotent(client: Cli
     again = client.submit(_spec(seed=5), idempotency_key="same-key")
     assert again.id == job.id and _jobs(live) == before
     assert client.job(job.id).created_at == job.created_at
-    assert client.me() == {"owner": "cleo", "is_admin": False}
+    assert client.me() == {"owner": "cleo", "is_admin": False, "results": "own"}
 
 
 class _DropFirst(httpx.HTTPTransport):

@@ -46,7 +46,7 @@ def _jobs_columns(statement: Any) -> set[str]:
 
 def _every_page_statement() -> list[Any]:
     every_filter = results.ResultFilters(
-        dataset="d", detector="fcos", method="pgd", kind="distill", study="s"
+        dataset="d", detector="fcos", method="pgd", kind="distill", study="s", owner="o"
     )
     statements = []
     for dialect in ("postgresql", "sqlite"):
@@ -60,7 +60,9 @@ def test_the_scan_sees_the_columns_it_should() -> None:
     """The lateral baseline lookup reads spec, state and finished_at of its candidates
     (through an alias): if the scan missed them, the next test would prove nothing."""
     statement = results.page_statement("postgresql", results.ResultFilters(), "-ap")
-    assert {"spec", "state", "finished_at", "seq", "teacher_job_id"} <= _jobs_columns(statement)
+    assert {"spec", "state", "finished_at", "seq", "teacher_job_id", "owner"} <= _jobs_columns(
+        statement
+    )
 
 
 def test_every_column_a_page_reads_raises_the_version_or_never_changes() -> None:

@@ -272,3 +272,68 @@ def test_0005_keeps_every_row_and_backfills_the_seed_groups(database_url: str) -
             assert conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar() == 2
     finally:
         engine.dispose()
+
+
+def test_a_result_carries_its_jobs_owner_given_or_not(session: Session) -> None:
+    """eval_results.owner (an owner's leaderboard reads it alone) is the job's owner,
+    filled at insert when the code that adds the result does not say it."""
+    alice, bob = _job(owner="alice"), _job(owner="bob")
+    session.add_all([alice, bob])
+    session.flush()
+    session.add_all(
+        [
+            EvalResult(job_id=alice.id, dataset="d", detector="fcos", method="none", metrics={}),
+            EvalResult(
+                job_id=bob.id, owner="bob", dataset="d", detector="fcos", method="none", metrics={}
+            ),
+        ]
+    )
+    session.flush()
+    stored = dict(
+        session.execute(
+            sa.select(EvalResult.job_id, EvalResult.owner).where(
+                EvalResult.job_id.in_([alice.id, bob.id])
+            )
+        ).all()
+    )
+    assert stored == {alice.id: "alice", bob.id: "bob"}
+
+
+def test_0008_gives_every_stored_result_its_jobs_owner(database_url: str) -> None:
+    """Results stored before 0008 get their job's owner; downgrading drops the column
+    and keeps the rows."""
+    config = alembic_config(database_url)
+    command.upgrade(config, "0007")
+    engine = make_engine(database_url)
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    try:
+        jobs = sa.Table("jobs", sa.MetaData(), autoload_with=engine)
+        results = sa.Table("eval_results", sa.MetaData(), autoload_with=engine)
+        owners = {str(uuid.uuid4()): owner for owner in ("alice", "bob", "alice")}
+        with engine.begin() as conn:
+            for seq, (job_id, owner) in enumerate(owners.items(), 1):
+                conn.execute(
+                    jobs.insert().values(
+                        id=job_id, seq=seq, kind="train", detector="fcos", dataset="d",
+                        method="none", spec={}, spec_hash=job_id, state="succeeded",
+                        attempt=1, max_attempts=3, progress=1.0, owner=owner,
+                        cancel_requested=False, lost_count=0, created_at=now, updated_at=now,
+                    )
+                )  # fmt: skip
+                conn.execute(
+                    results.insert().values(
+                        job_id=job_id, dataset="d", detector="fcos", method="none",
+                        metrics={}, ap=float(seq), created_at=now,
+                    )
+                )  # fmt: skip
+        command.upgrade(config, "head")
+        with engine.connect() as conn:
+            stored = dict(conn.execute(sa.text("SELECT job_id, owner FROM eval_results")).all())
+        assert stored == owners
+        command.downgrade(config, "0007")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM eval_results")).scalar() == 3
+            columns = {c["name"] for c in sa.inspect(engine).get_columns("eval_results")}
+        assert "owner" not in columns
+    finally:
+        engine.dispose()

@@ -121,7 +121,9 @@ def scene(app: FastAPI) -> dict[str, object]:
 
 def _groups(client: httpx.Client, app: FastAPI, **params: object) -> list[dict]:
     response = client.get(
-        "/results", params={"group_by": "config", **params}, headers=bearer(app, "reader")
+        "/results",
+        params={"group_by": "config", **params},
+        headers=bearer(app, "reader", is_admin=True),
     )
     assert response.status_code == 200, response.text
     return response.json()["items"]
@@ -202,7 +204,7 @@ def test_grouped_csv_carries_the_same_numbers(
     response = client.get(
         "/results",
         params={"group_by": "config", "dataset": scene["dataset"], "format": "csv"},
-        headers=bearer(app, "reader"),
+        headers=bearer(app, "reader", is_admin=True),
     )
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/csv")
@@ -215,7 +217,7 @@ def test_grouped_csv_carries_the_same_numbers(
 
 
 def test_grouped_paging_and_bad_group_by(app: FastAPI, client: httpx.Client, scene: dict) -> None:
-    headers = bearer(app, "reader")
+    headers = bearer(app, "reader", is_admin=True)
     first = client.get(
         "/results",
         params={"group_by": "config", "dataset": scene["dataset"], "limit": 3},

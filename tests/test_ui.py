@@ -18,6 +18,7 @@ from ui_helpers import (
     Sample,
     browser_missing,
     chrome,
+    coco,
     finish,
     live_api,
     report,
@@ -166,8 +167,8 @@ def test_jobs_table_follows_a_state_change_without_a_reload(signed_in, live: Liv
         signed_in, lambda d: by_css(d, cell)[0].get_attribute("aria-valuenow") == "25", timeout=6
     )
     finish(live, job_id, "failed", reason="nan_loss", message="loss is NaN at iteration 3")
-    wait_for(signed_in, lambda d: by_css(d, f"{row}[data-state='failed']"), timeout=6)
-    assert "nan_loss" in by_css(signed_in, row)[0].text
+    failed = f"{row}[data-state='failed']"
+    wait_for(signed_in, lambda d: any("nan_loss" in e.text for e in by_css(d, failed)), timeout=6)
     assert signed_in.execute_script("return window.__same_page") is True
 
 
@@ -412,6 +413,42 @@ def test_leaderboard_sorts_by_a_clicked_column_as_the_database_orders_it(signed_
     assert _result_rows(signed_in, "ap50") == shown(ascending)
     header = signed_in.find_element("css selector", "th.sortable.active")
     assert header.get_attribute("aria-sort") == "ascending"
+
+
+def _rows_of(driver) -> list[str]:  # noqa: ANN001
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#results-table tbody tr')].map(r => r.dataset.job)"
+    )
+
+
+def test_leaderboard_shows_its_owners_results_and_says_so(
+    browser, live: LiveApi, admin: str, sample: Sample
+):
+    """A token sees its owner's results only, and the page says whose they are; an
+    admin sees every owner's (the database's rows, read by another path)."""
+    bo = live.token("bo")
+    with live.client(bo) as http:
+        # Another detector: no fcos row of the sample pairs with it as a baseline.
+        own = submit(http, "tiny-atss-student", seed=91)
+    start(live, own)
+    finish(live, own, metrics=coco(30.5))
+    with live.session_factory() as session:
+        by_owner = session.execute(
+            select(Job.owner, EvalResult.job_id).join(Job, Job.id == EvalResult.job_id)
+        ).all()
+    assert {o for o, _ in by_owner} >= {"ada", "bo"} and len(by_owner) <= 50
+    try:
+        sign_in(browser, live.url, bo)
+        go(browser, live, "results")
+        wait_for(browser, lambda d: text_of(d, "#results-scope") == "bo's results only")
+        wait_for(browser, lambda d: _rows_of(d) == [own])
+        sign_in(browser, live.url, admin)
+        go(browser, live, "results")
+        wait_for(browser, lambda d: text_of(d, "#results-scope") == "every owner's results")
+        wait_for(browser, lambda d: len(_rows_of(d)) == len(by_owner))
+        assert sorted(_rows_of(browser)) == sorted(j for _, j in by_owner)
+    finally:
+        sign_in(browser, live.url, admin)
 
 
 def test_leaderboard_gap_chart_shares_are_the_recovered_gap(

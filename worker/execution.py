@@ -245,6 +245,7 @@ def finish(
             db_session.add(
                 EvalResult(
                     job_id=job.id,
+                    owner=job.owner,
                     dataset=job.dataset,
                     detector=job.detector,
                     method=job.method,

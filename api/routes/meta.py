@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from api.auth import Caller, current_token
+from api.auth import Caller, current_token, visible_owner
 from api.deps import get_app_settings, get_engine
 from api.problems import problem
 from api.schemas.catalogue import DatasetRead, PresetRead
@@ -45,9 +45,13 @@ async def readyz(
 
 
 @public.get("/me", response_model=dict[str, str | bool])
-def me(token: Caller = Depends(current_token)) -> dict[str, str | bool]:
-    """Who the token belongs to (the dashboard's sign-in checks a token with it)."""
-    return {"owner": token.owner, "is_admin": token.is_admin}
+def me(
+    token: Caller = Depends(current_token), settings: Settings = Depends(get_app_settings)
+) -> dict[str, str | bool]:
+    """Who the token belongs to (the dashboard's sign-in checks a token with it), and
+    whose results it sees on /results: ``"own"`` (its owner's) or ``"all"``."""
+    results = "own" if visible_owner(token, settings) is not None else "all"
+    return {"owner": token.owner, "is_admin": token.is_admin, "results": results}
 
 
 @router.get("/presets")

@@ -1,7 +1,9 @@
 """``/results``: the leaderboard, as JSON pages or a streamed CSV export.
 
-Queries live in api.services.results. Every valid token may read every result
-(any owner): a leaderboard is for comparing runs. Pagination is by offset
+Queries live in api.services.results. A token sees the results of its owner's
+jobs (an admin's every result), as it sees the jobs themselves; with
+``PGD_RESULTS_VISIBILITY=everyone`` every token sees every result (a leaderboard
+shared by a team). Pagination is by offset
 (``limit`` + ``offset``): rows are ordered by a metric, not by insertion, so a
 keyset cursor would need the metric value and id; offset is simpler and a row
 evaluated during a walk may shift one page boundary.
@@ -19,12 +21,13 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, field_validator, model_validator
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.auth import Caller, current_token
-from api.deps import get_results_cache, get_session_factory
+from api.auth import Caller, current_token, visible_owner
+from api.deps import get_app_settings, get_results_cache, get_session_factory
 from api.schemas.results import GroupPage, GroupRow, Pareto, ResultPage, ResultRow
 from api.services import groups as group_service
 from api.services import results as service
 from pgd_service.db.models import COSTS
+from pgd_service.settings import Settings
 
 router = APIRouter(prefix="/results", tags=["results"])
 
@@ -133,7 +136,7 @@ class ResultQuery(BaseModel):
             raise ValueError(f"sort: group_by=config sorts by a metric or created_at, not {key}")
         return self
 
-    def filters(self) -> service.ResultFilters:
+    def filters(self, owner: str | None) -> service.ResultFilters:
         return service.ResultFilters(
             dataset=self.dataset,
             detector=self.detector,
@@ -142,6 +145,7 @@ class ResultQuery(BaseModel):
             study=self.study,
             sweep=self.sweep,
             job=self.job,
+            owner=owner,
         )
 
 
@@ -165,6 +169,7 @@ def pareto(
     ] = None,
     token: Caller = Depends(current_token),
     session_factory: sessionmaker[Session] = Depends(get_session_factory),
+    settings: Settings = Depends(get_app_settings),
 ) -> Pareto:
     """The accuracy/cost Pareto front of a detector on a dataset: every measured
     result as a point, and the ones no other result beats on both axes."""
@@ -177,6 +182,7 @@ def pareto(
                 cost=cost,
                 metric=metric,
                 device=device,
+                owner=visible_owner(token, settings),
             )
         )
 
@@ -198,6 +204,7 @@ def list_results(
     token: Caller = Depends(current_token),
     session_factory: sessionmaker[Session] = Depends(get_session_factory),
     cache: service.PageCache = Depends(get_results_cache),
+    settings: Settings = Depends(get_app_settings),
 ) -> Response:
     """Evaluation results with filters and sorting; distilled rows carry teacher/baseline deltas.
 
@@ -206,20 +213,22 @@ def list_results(
     leaderboard has not changed. Pages are cached per process by that version."""
     # The session is opened here rather than by the get_db dependency: a sync
     # generator dependency costs two trips to the thread pool on the hottest route.
+    owner = visible_owner(token, settings)
     with session_factory() as db_session:
         if query.group_by == "config":
-            return _grouped(db_session, query, _wants_csv(request, query.format))
-        return _page(request, query, db_session, session_factory, cache)
+            return _grouped(db_session, query, owner, _wants_csv(request, query.format))
+        return _page(request, query, owner, db_session, session_factory, cache)
 
 
 def _page(
     request: Request,
     query: ResultQuery,
+    owner: str | None,
     db_session: Session,
     session_factory: sessionmaker[Session],
     cache: service.PageCache,
 ) -> Response:
-    filters, sort, limit, offset = query.filters(), query.sort, query.limit, query.offset
+    filters, sort, limit, offset = query.filters(owner), query.sort, query.limit, query.offset
     if _wants_csv(request, query.format):
         return StreamingResponse(
             _csv_lines(session_factory, filters, sort),
@@ -249,11 +258,11 @@ def _page(
     return Response(body, media_type="application/json", headers=headers)
 
 
-def _grouped(db_session: Session, query: ResultQuery, as_csv: bool) -> Response:
+def _grouped(db_session: Session, query: ResultQuery, owner: str | None, as_csv: bool) -> Response:
     """``group_by=config``: every matching group computed at once (groups are few: one
     per configuration, not per run), then paged or written as CSV."""
     rows = group_service.grouped_rows(
-        db_session=db_session, filters=query.filters(), sort=query.sort
+        db_session=db_session, filters=query.filters(owner), sort=query.sort
     )
     if as_csv:
         return Response(

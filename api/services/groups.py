@@ -12,9 +12,10 @@ metrics are those of the leaderboard (``ap``, ``ap50`` ... ``mr``, ``ji``).
 Distilled groups also carry, for ``ap``, ``mr`` and ``ji``:
 
 - ``delta_<m>_mean`` / ``_sd`` / ``_n``: the paired difference against the no-KD
-  control of the *same seed*: the succeeded ``train`` job with a result whose
-  ``config_hash`` is the distill job's ``baseline_hash`` (the same student, data,
-  schedule and device trained alone; the newest if there are several). A seed
+  control of the *same seed*: the succeeded ``train`` job of the same owner with a
+  result whose ``config_hash`` is the distill job's ``baseline_hash`` (the same
+  student, data, schedule and device trained alone; the newest if there are
+  several; never another owner's run, whoever reads the groups). A seed
   without its control is left out of the pairs, so ``delta_<m>_n`` may be
   smaller than ``n``.
 - ``baseline_<m>_mean``: the mean of those paired controls.
@@ -101,6 +102,7 @@ class _Member:
     """One result row of a group, with what its job says about seeds and controls."""
 
     job_id: str
+    owner: str
     kind: str
     detector: str
     dataset: str
@@ -117,6 +119,7 @@ class _Member:
 def _member(r: Any) -> _Member:
     return _Member(
         job_id=r.job_id,
+        owner=r.owner,
         kind=r.kind,
         detector=r.detector,
         dataset=r.dataset,
@@ -134,6 +137,7 @@ def _member(r: Any) -> _Member:
 
 _MEMBER_COLUMNS = (
     EvalResult.job_id,
+    Job.owner,
     Job.kind,
     EvalResult.detector,
     EvalResult.dataset,
@@ -162,6 +166,8 @@ def _members(db_session: Session, filters: ResultFilters) -> list[_Member]:
         query = query.where(Job.sweep_id == filters.sweep)
     if filters.job is not None:
         query = query.where(Job.id == filters.job)
+    if filters.owner is not None:
+        query = query.where(Job.owner == filters.owner)
     # Newest first: past the cap, the oldest results are the ones left out.
     query = query.order_by(EvalResult.id.desc()).limit(GROUP_CAP)
     return [_member(r) for r in db_session.execute(query)]
@@ -182,25 +188,42 @@ def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
         yield items[start : start + _IN_CHUNK]
 
 
+_ControlKey = tuple[str, str, int | None]
+
+
 def _controls(
-    db_session: Session, baseline_hashes: Iterable[str]
-) -> dict[tuple[str, int | None], dict[str, float | None]]:
-    """(config hash, seed) -> the newest succeeded train job's metrics, for those hashes."""
-    found: dict[tuple[str, int | None], dict[str, float | None]] = {}
-    for chunk in _chunks(baseline_hashes):
+    db_session: Session, members: Iterable[_Member]
+) -> dict[_ControlKey, dict[str, float | None]]:
+    """(owner, config hash, seed) -> the newest succeeded train job's metrics, for the
+    members' baseline hashes: a member's control is always a job of its own owner,
+    whoever reads the groups (an admin, a shared leaderboard, a study's table)."""
+    owners_of: dict[str, set[str]] = {}
+    for m in members:
+        if m.baseline_hash is not None:
+            owners_of.setdefault(m.baseline_hash, set()).add(m.owner)
+    found: dict[_ControlKey, dict[str, float | None]] = {}
+    for chunk in _chunks(owners_of):
+        owners = sorted(set().union(*(owners_of[h] for h in chunk)))
         query = (
-            select(Job.config_hash, Job.seed, *(getattr(EvalResult, m) for m in GROUP_METRICS))
+            select(
+                Job.owner,
+                Job.config_hash,
+                Job.seed,
+                *(getattr(EvalResult, m) for m in GROUP_METRICS),
+            )
             .join(EvalResult, EvalResult.job_id == Job.id)
             .where(Job.config_hash.in_(chunk), Job.kind == "train", Job.state == "succeeded")
+            .where(Job.owner.in_(owners))
             # Oldest first: a newer control of the same seed replaces an older one.
             .order_by(Job.finished_at.asc().nulls_first(), Job.created_at.asc(), Job.seq.asc())
         )
         for r in db_session.execute(query):
-            found[(r.config_hash, r.seed)] = {m: getattr(r, m) for m in GROUP_METRICS}
+            found[(r.owner, r.config_hash, r.seed)] = {m: getattr(r, m) for m in GROUP_METRICS}
     return found
 
 
 def _teachers(db_session: Session, job_ids: Iterable[str]) -> dict[str, dict[str, float | None]]:
+    # A row's teacher is the one its own job names (a reference its owner may use).
     found: dict[str, dict[str, float | None]] = {}
     for chunk in _chunks(job_ids):
         query = select(EvalResult.job_id, *(getattr(EvalResult, m) for m in GROUP_METRICS)).where(
@@ -218,7 +241,7 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 def _group_row(
     members: list[_Member],
-    controls: dict[tuple[str, int | None], dict[str, float | None]],
+    controls: dict[_ControlKey, dict[str, float | None]],
     teachers: dict[str, dict[str, float | None]],
 ) -> dict[str, Any]:
     first = members[0]
@@ -253,7 +276,7 @@ def _group_row(
         if distilled:
             for m in members:
                 value = m.values[metric]
-                control = controls.get((m.baseline_hash or "", m.seed), {}).get(metric)
+                control = controls.get((m.owner, m.baseline_hash or "", m.seed), {}).get(metric)
                 if value is None or control is None:
                     continue
                 if not (math.isfinite(value) and math.isfinite(control)):
@@ -289,9 +312,7 @@ def grouped_rows(
     groups: dict[str, list[_Member]] = {}
     for m in members:
         groups.setdefault(m.config_hash, []).append(m)
-    controls = _controls(
-        db_session, (m.baseline_hash for m in members if m.baseline_hash is not None)
-    )
+    controls = _controls(db_session, members)
     teachers = _teachers(db_session, (m.teacher_job_id for m in members if m.teacher_job_id))
     rows = [_group_row(g, controls, teachers) for g in groups.values()]
     column = "latest_created_at" if key == "created_at" else f"{key}_mean"

@@ -8,12 +8,12 @@ A page is one query on PostgreSQL and two on SQLite, whatever its size:
    ``LATERAL`` subquery per distilled row;
 2. on SQLite only, the candidate baselines for the distilled rows of the page:
    succeeded ``train`` jobs that have an evaluation result, restricted to the
-   page's (detector, dataset) pairs, compared in Python.
+   page's (detector, dataset, owner) triples, compared in Python.
 
 Baseline rule: for a ``distill`` job with a ``teacher_job_id``, the no-KD student
 baseline is the most recent (latest ``finished_at``, then latest ``created_at``,
 then highest ``seq``) succeeded ``train`` job with an evaluation result, the same
-detector and dataset, and a ``spec["student"]`` equal to the distilled job's
+owner, detector and dataset, and a ``spec["student"]`` equal to the distilled job's
 ``spec["student"]``. PostgreSQL compares the two as ``jsonb`` (key order does not
 matter) walking ``ix_jobs_baseline_lookup`` newest first, so it stops at the first
 match. SQLite has no such equality (key order is not canonical in its JSON
@@ -104,7 +104,7 @@ TRIGGER_JOB_COLUMNS: tuple[str, ...] = (
     "finished_at",
 )
 #: ``jobs`` columns the page reads that no UPDATE ever changes (set at creation).
-IMMUTABLE_JOB_COLUMNS: tuple[str, ...] = ("id", "seq", "study_id", "sweep_id")
+IMMUTABLE_JOB_COLUMNS: tuple[str, ...] = ("id", "seq", "owner", "study_id", "sweep_id")
 
 
 class InvalidSort(ValueError):
@@ -120,9 +120,20 @@ class ResultFilters:
     study: str | None = None
     sweep: str | None = None
     job: str | None = None
+    #: Only the results of this owner's jobs (a caller who may not see every result).
+    owner: str | None = None
 
 
-_FILTERS: tuple[str, ...] = ("dataset", "detector", "method", "kind", "study", "sweep", "job")
+_FILTERS: tuple[str, ...] = (
+    "dataset",
+    "detector",
+    "method",
+    "kind",
+    "study",
+    "sweep",
+    "job",
+    "owner",
+)
 #: Filters on the job's columns rather than the result's.
 _JOB_FILTERS: dict[str, str] = {"kind": "kind", "study": "study_id", "sweep": "sweep_id"}
 #: Filters on a result column of another name.
@@ -169,8 +180,9 @@ def _ordered(page: Subquery, key: str, descending: bool) -> tuple[ColumnElement[
 
 
 def _baseline_lateral(page: Subquery, prefix: str, after: Any | None) -> Any:
-    """PostgreSQL: the baseline of each distilled page row (at most one row) among the
-    candidates with a ``finished_at`` or, ``after`` another lateral found none, without.
+    """PostgreSQL: the baseline of each distilled page row (at most one row) among its
+    owner's candidates with a ``finished_at`` or, ``after`` another lateral found none,
+    without.
 
     Two laterals instead of ORDER BY finished_at DESC NULLS LAST: each walks
     ix_jobs_baseline_lookup backwards and stops at its first match."""
@@ -187,6 +199,8 @@ def _baseline_lateral(page: Subquery, prefix: str, after: Any | None) -> Any:
             page.c.teacher_job_id.is_not(None),
             candidate.detector == page.c.detector,
             candidate.dataset == page.c.dataset,
+            # Another owner's run is never the baseline, whoever reads the page.
+            candidate.owner == page.c.job_owner,
             candidate.kind == "train",
             candidate.state == "succeeded",
             # json -> 'student' then jsonb: only the small student object is
@@ -257,7 +271,13 @@ def _page_query(
     postgresql = dialect == "postgresql"
     student = cast(Job.spec["student"], JSONB).label("student") if postgresql else Job.spec
     rows = (
-        select(*(page.c[name] for name in _RESULT_COLUMNS), Job.kind, Job.teacher_job_id, student)
+        select(
+            *(page.c[name] for name in _RESULT_COLUMNS),
+            Job.kind,
+            Job.teacher_job_id,
+            Job.owner.label("job_owner"),
+            student,
+        )
         .join(Job, Job.id == page.c.job_id)
         # Never reached (the page has no more rows), this LIMIT keeps PostgreSQL
         # from pulling the subquery up into the outer query: measured 2x faster
@@ -270,6 +290,7 @@ def _page_query(
         *(rows.c[name] for name in _RESULT_COLUMNS),
         rows.c.kind,
         rows.c.teacher_job_id,
+        rows.c.job_owner,
         *(getattr(teacher, m).label(f"teacher_{m}") for m in METRICS),
         *(getattr(teacher, c).label(f"teacher_{c}") for c in _TEACHER_COSTS),
     ]
@@ -292,15 +313,17 @@ def _is_distilled(kind: str, teacher_job_id: str | None) -> bool:
 
 
 def _baselines(
-    db_session: Session, pairs: set[tuple[str, str]]
-) -> dict[tuple[str, str], list[tuple[Any, str, Row]]]:
-    """SQLite: candidate baselines per (detector, dataset), most recent first (one query)."""
-    if not pairs:
+    db_session: Session, keys: set[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], list[tuple[Any, str, Row]]]:
+    """SQLite: candidate baselines per (detector, dataset, owner), most recent first
+    (one query)."""
+    if not keys:
         return {}
     query = (
         select(
             Job.detector,
             Job.dataset,
+            Job.owner,
             Job.spec,
             Job.id.label("baseline_job_id"),
             *(getattr(EvalResult, m).label(f"baseline_{m}") for m in METRICS),
@@ -309,7 +332,12 @@ def _baselines(
         .where(
             Job.kind == "train",
             Job.state == "succeeded",
-            or_(*(and_(Job.detector == d, Job.dataset == s) for d, s in sorted(pairs))),
+            or_(
+                *(
+                    and_(Job.detector == d, Job.dataset == s, Job.owner == o)
+                    for d, s, o in sorted(keys)
+                )
+            ),
         )
         .order_by(
             Job.finished_at.desc().nulls_last(),
@@ -317,26 +345,31 @@ def _baselines(
             Job.seq.desc(),
         )
     )
-    found: dict[tuple[str, str], list[tuple[Any, str, Row]]] = {}
+    found: dict[tuple[str, str, str], list[tuple[Any, str, Row]]] = {}
     for r in db_session.execute(query).mappings():
         student = (r["spec"] or {}).get("student")
-        found.setdefault((r["detector"], r["dataset"]), []).append(
+        found.setdefault((r["detector"], r["dataset"], r["owner"]), []).append(
             (student, r["baseline_job_id"], r)
         )
     return found
 
 
 def _sqlite_baselines(db_session: Session, fetched: Sequence[Row]) -> list[Row | None]:
-    """The baseline columns of each fetched row (None when it has none)."""
+    """The baseline columns of each fetched row (None when it has none): its owner's."""
     distilled = [_is_distilled(r["kind"], r["teacher_job_id"]) for r in fetched]
-    pairs = {(r["detector"], r["dataset"]) for r, d in zip(fetched, distilled, strict=True) if d}
-    candidates = _baselines(db_session, pairs)
+    keys = {
+        (r["detector"], r["dataset"], r["job_owner"])
+        for r, d in zip(fetched, distilled, strict=True)
+        if d
+    }
+    candidates = _baselines(db_session, keys)
     out: list[Row | None] = []
     for r, is_distilled in zip(fetched, distilled, strict=True):
         match = None
         if is_distilled:
             student = (r["spec"] or {}).get("student")
-            for cand_student, _, cand in candidates.get((r["detector"], r["dataset"]), []):
+            key = (r["detector"], r["dataset"], r["job_owner"])
+            for cand_student, _, cand in candidates.get(key, []):
                 if cand_student == student:
                     match = cand
                     break
@@ -573,10 +606,11 @@ def pareto(
     cost: str,
     metric: str,
     device: str | None = None,
+    owner: str | None = None,
 ) -> dict[str, Any]:
     """Every result of ``detector`` on ``dataset`` with both ``cost`` and ``metric``
-    (measured on ``device`` when given), and which of them form the accuracy/cost
-    front."""
+    (measured on ``device`` when given; of ``owner``'s jobs when given), and which of
+    them form the accuracy/cost front."""
     cost_column, metric_column = getattr(EvalResult, cost), getattr(EvalResult, metric)
     query = (
         select(
@@ -594,6 +628,7 @@ def pareto(
             EvalResult.dataset == dataset,
             cost_column.is_not(None),
             metric_column.is_not(None),
+            Job.owner == owner if owner is not None else true(),
         )
         .order_by(EvalResult.id.desc())
         .limit(PARETO_CAP + 1)

@@ -117,11 +117,13 @@ class Job(Base):
         # Seed groups and a distill job's same-seed no-KD control.
         Index("ix_jobs_config_hash_seed", "config_hash", "seed"),
         Index("ix_jobs_teacher_job_id", "teacher_job_id"),
-        # The leaderboard's baseline lookup: newest succeeded train job of a pair.
+        # The leaderboard's baseline lookup: the owner's newest succeeded train job
+        # of a pair.
         Index(
             "ix_jobs_baseline_lookup",
             "detector",
             "dataset",
+            "owner",
             "kind",
             "state",
             "finished_at",
@@ -217,10 +219,20 @@ class EvalResult(Base):
             for key in ("ap", "ap50", "ap75", "aps", "apm", "apl", "mr", "ji", "created_at")
         ),
         *(Index(f"ix_eval_results_{key}_id", key, "id") for key in COSTS),
+        # An owner's leaderboard (a token that sees its owner's results only).
+        Index("ix_eval_results_owner_ap_id", "owner", "ap", "id"),
+        Index("ix_eval_results_owner_created_at_id", "owner", "created_at", "id"),
+        Index(
+            "ix_eval_results_owner_dataset_detector_ap", "owner", "dataset", "detector", "ap", "id"
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    # The job's owner (which never changes), copied so that an owner's leaderboard
+    # is an index range; filled at insert from the job when not given (below).
+    # Nullable only because SQLite cannot add NOT NULL without rebuilding the table.
+    owner: Mapped[str | None] = mapped_column(String(128))
     dataset: Mapped[str] = mapped_column(String(128))
     detector: Mapped[str] = mapped_column(String(32))
     method: Mapped[str] = mapped_column(String(32))
@@ -243,6 +255,15 @@ class EvalResult(Base):
     peak_memory_mb: Mapped[float | None] = mapped_column(Float)
     cost: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+@event.listens_for(EvalResult, "before_insert")
+def _owner_of_the_job(
+    mapper: Mapper[EvalResult], connection: Connection, result: EvalResult
+) -> None:
+    if result.owner is None:
+        # Evaluated by the INSERT itself: no extra round trip.
+        result.owner = select(Job.owner).where(Job.id == result.job_id).scalar_subquery()
 
 
 class Artifact(Base):

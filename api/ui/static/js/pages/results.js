@@ -38,8 +38,14 @@ export async function render(main, _params, q) {
     h("option", { value: "" }, "any"), values.map((v) => h("option", { value: v, selected: v === state[name] }, v))));
   const status = h("span", { class: "muted small" });
   const csv = h("button", { type: "button", id: "csv", onclick: downloadCsv }, "Download CSV");
+  // Whose results these are: the caller's owner's, or every owner's (admins, or a
+  // service run with PGD_RESULTS_VISIBILITY=everyone); GET /me says which.
+  const scope = h("span", { class: "muted small", id: "results-scope" });
+  get("/me").then((me) => {
+    scope.textContent = me.results === "all" ? "every owner's results" : `${me.owner}'s results only`;
+  }).catch(() => {});
   main.append(
-    h("div", { class: "page-head" }, h("h1", {}, "Leaderboard"), h("div", { class: "head-actions" }, status, csv)),
+    h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Leaderboard"), scope), h("div", { class: "head-actions" }, status, csv)),
     h("form", { class: "filters", onsubmit: (ev) => ev.preventDefault() },
       h("label", {}, "dataset", h("input", { "data-filter": "dataset", value: state.dataset, placeholder: "any", size: 14, onchange: (ev) => setQuery({ dataset: ev.target.value.trim(), offset: 0 }) })),
       select("detector", DETECTORS), select("method", METHODS), select("kind", KINDS),
