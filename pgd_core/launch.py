@@ -219,13 +219,17 @@ def failure_of(channel: Channel, log_path: Path, returncode: int, *, start: int 
     offset ``start``) and the ranks' error reports.
 
     A rank killed by a signal (it wrote no error report) is the cause, even when
-    the others then reported errors: theirs are the broken connections to it.
+    the others then reported errors: theirs are the broken connections to it. A
+    SIGTERM of a rank other than torchrun's root cause is not: that is torchrun
+    stopping the group after the root cause (a rank that raised and reported).
     Otherwise the first rank that raised, with its reason and message.
     """
     errors = channel.errors()
     reported = {e["rank"] for e in errors}
     failed = _failed_ranks(_tail(log_path, 40_000, start=start))
-    for rank, exitcode in failed:
+    for index, (rank, exitcode) in enumerate(failed):
+        if index > 0 and exitcode == -signal.SIGTERM:
+            continue
         if exitcode < 0 and rank not in reported:
             name = _signal_name(exitcode)
             if -exitcode in _LOST_SIGNALS:
@@ -411,6 +415,14 @@ def rank_main(argv: list[str] | None = None) -> int:
                     "plots": [str(p) for p in result.plots],
                 },
             )
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            # Leave together: a rank that tore its group down and exited while rank 0
+            # was still writing the stop checkpoint died of SIGABRT ("terminate called
+            # without an active exception") in 4 of 40 two-rank stops on gloo. Inside
+            # the try: a barrier broken by a rank that failed is reported like any error.
+            dist.barrier()
     except BaseException as exc:
         try:
             traceback.print_exc()
@@ -424,10 +436,6 @@ def rank_main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
 
     if dist.is_initialized():
-        # Leave together: a rank that tore its group down and exited while rank 0
-        # was still writing the stop checkpoint died of SIGABRT ("terminate called
-        # without an active exception") in 4 of 40 two-rank stops on gloo.
-        dist.barrier()
         dist.destroy_process_group()
     return 0
 

@@ -210,6 +210,23 @@ def test_a_rank_that_died_is_named_from_torchruns_summary(tmp_path: Path):
         "diverged",
         "rank 1 failed: TrainingDiverged: a",
     )
+    # Rank 0 raised after the last collective (its stop checkpoint: no space left)
+    # while rank 1 waited at the final barrier; torchrun then stopped rank 1 with
+    # SIGTERM before it could report. The job failed (rank 0's error): it is not a
+    # lost rank to requeue.
+    channel.reset()
+    log.write_text(
+        "Failures:\n[1]:\n  rank      : 1 (local_rank: 1)\n  exitcode  : -15 (pid: 123)"
+        "  (SIGTERM)\n----\nRoot Cause (first observed failure):\n"
+        "[0]:\n  rank      : 0 (local_rank: 0)\n  exitcode  : 1 (pid: 122)\n"
+    )
+    channel.write_atomic(
+        channel.root / "error-rank0.json",
+        {"rank": 0, "time": 1.0, "reason": "error", "type": "OSError", "message": "no space"},
+    )
+    full = failure_of(channel, log, 1)
+    assert isinstance(full, RankFailed)
+    assert (full.rank, str(full)) == (0, "rank 0 failed: OSError: no space")
 
 
 def test_the_metric_refuses_results_that_hold_an_image_twice_or_miss_one():
