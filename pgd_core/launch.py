@@ -433,8 +433,7 @@ def rank_main(argv: list[str] | None = None) -> int:
             # in a collective that this rank will never join; torchrun stops them
             # when it sees this exit.
             os._exit(1)
-    import torch.distributed as dist
-
+    # ``dist`` was imported in the try, which completed.
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
